@@ -2,17 +2,38 @@
 
 Implements the interaction basis, interaction graph and degeneracy-based modularity of
 arXiv 2405.10927 ("Using Degeneracy in the Loss Landscape for Mechanistic Interpretability").
+
+>>> from modgraph import find_modules  # doctest: +SKIP
+>>> result = find_modules(model, data)  # doctest: +SKIP
+>>> print(result.summary())  # doctest: +SKIP
 """
 
+from .api import ModuleResult, find_modules
 from .basis import InteractionBasis, interaction_basis
+from .cluster import Partition, leiden_modules
 from .errors import ModgraphError, ModgraphTypeError, ModgraphValueError
+from .graph import InteractionGraph
+from .interactions import interaction_graph
+from .io import read_graphml
+from .modularity import PartitionCost, degeneracy_cost, modularity_score, partition_cost
 
 __version__ = "0.1.0"
 
 __all__ = [
     "InteractionBasis",
+    "InteractionGraph",
     "ModgraphError",
     "ModgraphTypeError",
     "ModgraphValueError",
+    "ModuleResult",
+    "Partition",
+    "PartitionCost",
+    "degeneracy_cost",
+    "find_modules",
     "interaction_basis",
+    "interaction_graph",
+    "leiden_modules",
+    "modularity_score",
+    "partition_cost",
+    "read_graphml",
 ]

@@ -1,0 +1,284 @@
+"""The interaction graph: features of adjacent node layers joined by interaction strengths.
+
+Convention (stated once): ``edges[(l, l_next)][i, j]`` is the strength from feature ``j`` of layer
+``l`` (the source) to feature ``i`` of layer ``l_next`` (the target): rows are targets, columns
+are sources. Node ids are ``"{layer}:{index}"``; nodes carry ``layer`` (str), ``depth`` (int, the
+node-layer position), ``index`` (int) and ``importance`` (Λ, float); edges carry ``weight`` (E)
+and ``cost`` (the degeneracy cost ``½ max(0, ln(E/ε))``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import ModgraphValueError
+from .io import write_graphml
+from .modularity import check_weights, degeneracy_cost
+
+if TYPE_CHECKING:
+    import igraph
+    import networkx
+
+    from .basis import InteractionBasis
+
+__all__ = ["InteractionGraph"]
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.array(a, dtype=np.float64)
+    a.setflags(write=False)
+    return a
+
+
+@dataclass(frozen=True)
+class InteractionGraph:
+    """Interaction strengths between the features of adjacent node layers.
+
+    Attributes
+    ----------
+    layers : tuple of str
+        Node layers in order, ``"output"`` last.
+    edges : mapping of (str, str) to ndarray, shape (k_next, k)
+        ``E`` per adjacent pair (rows: target features, columns: source features).
+    importance : mapping of str to ndarray, shape (k,)
+        Feature importance Λ per layer.
+    epsilon : float
+        Interaction tolerance ``ε`` of the degeneracy cost.
+    tau : float or None
+        ``τ`` when ``ε = τ · tr Cov(output)``; ``None`` when ε was given.
+    n_alpha : int
+        Quadrature points of the α-integral (1: gradient × input at α = 1).
+    bases : mapping of str to InteractionBasis, optional
+        The bases the edges were computed in.
+    """
+
+    layers: tuple[str, ...]
+    edges: Mapping[tuple[str, str], np.ndarray]
+    importance: Mapping[str, np.ndarray]
+    epsilon: float
+    tau: float | None = None
+    n_alpha: int = 1
+    bases: Mapping[str, InteractionBasis] | None = None
+
+    def __post_init__(self) -> None:
+        layers = tuple(self.layers)
+        if len(layers) < 2:
+            raise ModgraphValueError("An interaction graph needs at least two node layers.")
+        edges = {}
+        for src, dst in zip(layers[:-1], layers[1:]):
+            if (src, dst) not in self.edges:
+                raise ModgraphValueError(f"edges lacks the layer pair ({src!r}, {dst!r}).")
+            E = np.asarray(self.edges[(src, dst)], dtype=np.float64)
+            k_src, k_dst = len(self.importance[src]), len(self.importance[dst])
+            if E.shape != (k_dst, k_src):
+                raise ModgraphValueError(
+                    f"edges[({src!r}, {dst!r})] has shape {E.shape}; expected ({k_dst}, {k_src}) "
+                    "(rows: target features, columns: source features)."
+                )
+            check_weights(E, f"edges[({src!r}, {dst!r})]", "InteractionGraph")
+            edges[(src, dst)] = _frozen(E)
+        object.__setattr__(self, "layers", layers)
+        object.__setattr__(self, "edges", MappingProxyType(edges))
+        object.__setattr__(
+            self, "importance", MappingProxyType({n: _frozen(self.importance[n]) for n in layers})
+        )
+        if self.bases is not None:
+            object.__setattr__(self, "bases", MappingProxyType(dict(self.bases)))
+
+    # ---------------------------------------------------------------- nodes
+    @cached_property
+    def sizes(self) -> tuple[int, ...]:
+        """Features per layer."""
+        return tuple(len(self.importance[n]) for n in self.layers)
+
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        """Index of each layer's first node, shape (n_layers + 1,)."""
+        return np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+
+    @cached_property
+    def node_ids(self) -> list[str]:
+        """Node ids ``"{layer}:{index}"`` in node order (layer by layer)."""
+        return [f"{n}:{i}" for n, k in zip(self.layers, self.sizes) for i in range(k)]
+
+    @cached_property
+    def node_index(self) -> dict[str, int]:
+        return {node: i for i, node in enumerate(self.node_ids)}
+
+    @property
+    def n_nodes(self) -> int:
+        return int(self.offsets[-1])
+
+    def node_attributes(self) -> dict[str, np.ndarray]:
+        """Per-node arrays ``layer``, ``depth``, ``index``, ``importance`` in node order."""
+        sizes = np.asarray(self.sizes)
+        depth = np.repeat(np.arange(len(self.layers)), sizes)
+        return {
+            "layer": np.repeat(np.asarray(self.layers, dtype=np.str_), sizes),
+            "depth": depth.astype(np.int64),
+            "index": (np.arange(self.n_nodes) - self.offsets[depth]).astype(np.int64),
+            "importance": np.concatenate([self.importance[n] for n in self.layers]),
+        }
+
+    # ---------------------------------------------------------------- edges
+    def costs(self) -> dict[tuple[str, str], np.ndarray]:
+        """Degeneracy cost ``c = ½ max(0, ln(E/ε))`` per layer pair, shape (k_next, k)."""
+        return {pair: degeneracy_cost(E, self.epsilon) for pair, E in self.edges.items()}
+
+    def edge_list(self, min_weight: float | None = None) -> dict[str, np.ndarray]:
+        """All edges with ``E > min_weight`` (default ``ε``: the edges that carry cost).
+
+        Returns arrays ``source``, ``target`` (node indices), ``weight`` (E), ``cost``; the source
+        is in the earlier layer.
+        """
+        threshold = self.epsilon if min_weight is None else float(min_weight)
+        parts: dict[str, list[np.ndarray]] = {"source": [], "target": [], "weight": []}
+        for l, pair in enumerate(zip(self.layers[:-1], self.layers[1:])):
+            E = self.edges[pair]
+            rows, cols = np.nonzero(E > threshold)
+            parts["source"].append(self.offsets[l] + cols)
+            parts["target"].append(self.offsets[l + 1] + rows)
+            parts["weight"].append(E[rows, cols])
+        out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+        out["source"] = out["source"].astype(np.int64)
+        out["target"] = out["target"].astype(np.int64)
+        out["cost"] = degeneracy_cost(out["weight"], self.epsilon)
+        return out
+
+    def undirected_edges(self, weight: str = "cost") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(src, dst, w)`` of the undirected graph used by the metric (each edge once).
+
+        ``weight="cost"``: edges with cost > 0 and their cost; ``"weight"``/``"sqrt_weight"``:
+        the same edges with ``E`` or ``√E``.
+        """
+        edges = self.edge_list()
+        w = {"cost": edges["cost"], "weight": edges["weight"]}.get(weight)
+        if w is None:
+            w = np.sqrt(edges["weight"])
+        return edges["source"], edges["target"], w
+
+    @cached_property
+    def total_cost(self) -> float:
+        """``W``: the summed degeneracy cost of all interactions (nats)."""
+        return float(sum(c.sum() for c in self.costs().values()))
+
+    # ---------------------------------------------------------------- exports
+    def _membership(self, membership: Any) -> np.ndarray | None:
+        if membership is None:
+            return None
+        from .modularity import membership_array
+
+        return membership_array(self, membership, "InteractionGraph export")
+
+    def to_networkx(
+        self, membership: Any = None, *, min_weight: float | None = None
+    ) -> networkx.DiGraph:
+        """A ``networkx.DiGraph`` (edges from layer l to l+1), with a ``module`` node attribute
+        when ``membership`` is given. Python scalars only, so it writes to GraphML as is."""
+        import networkx as nx
+
+        attrs = self.node_attributes()
+        m = self._membership(membership)
+        if m is not None:
+            attrs["module"] = m
+        columns = {k: v.tolist() for k, v in attrs.items()}
+        names = list(columns)
+        G = nx.DiGraph(epsilon=float(self.epsilon), n_alpha=int(self.n_alpha))
+        if self.tau is not None:
+            G.graph["tau"] = float(self.tau)
+        G.add_nodes_from(
+            (node, dict(zip(names, values)))
+            for node, *values in zip(self.node_ids, *columns.values())
+        )
+        e = self.edge_list(min_weight)
+        ids = self.node_ids
+        G.add_edges_from(
+            (ids[s], ids[t], {"weight": w, "cost": c})
+            for s, t, w, c in zip(
+                e["source"].tolist(), e["target"].tolist(), e["weight"].tolist(), e["cost"].tolist()
+            )
+        )
+        return G
+
+    def to_igraph(self, membership: Any = None, *, min_weight: float | None = None) -> igraph.Graph:
+        """A directed ``igraph.Graph`` with the node ids as ``name`` and the same attributes."""
+        import igraph as ig
+
+        e = self.edge_list(min_weight)
+        g = ig.Graph(
+            n=self.n_nodes,
+            edges=np.column_stack([e["source"], e["target"]]).tolist(),
+            directed=True,
+        )
+        g.vs["name"] = self.node_ids
+        for k, v in self.node_attributes().items():
+            g.vs[k] = v.tolist()
+        m = self._membership(membership)
+        if m is not None:
+            g.vs["module"] = m.tolist()
+        g.es["weight"] = e["weight"].tolist()
+        g.es["cost"] = e["cost"].tolist()
+        g["epsilon"] = float(self.epsilon)
+        return g
+
+    def to_graphml(
+        self,
+        path: str | os.PathLike[str],
+        membership: Any = None,
+        *,
+        min_weight: float | None = None,
+        graph_attributes: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write the graph as GraphML (read back by networkx and igraph), atomically."""
+        attrs = self.node_attributes()
+        m = self._membership(membership)
+        if m is not None:
+            attrs["module"] = m
+        e = self.edge_list(min_weight)
+        meta: dict[str, Any] = {"epsilon": float(self.epsilon), "n_alpha": int(self.n_alpha)}
+        if self.tau is not None:
+            meta["tau"] = float(self.tau)
+        meta.update(graph_attributes or {})
+        write_graphml(
+            path,
+            np.asarray(self.node_ids, dtype=np.str_),
+            attrs,
+            e["source"],
+            e["target"],
+            {"weight": e["weight"], "cost": e["cost"]},
+            meta,
+        )
+
+    @classmethod
+    def from_matrices(
+        cls,
+        edges: Sequence[np.ndarray],
+        *,
+        epsilon: float,
+        layers: Sequence[str] | None = None,
+        importance: Sequence[np.ndarray] | None = None,
+    ) -> InteractionGraph:
+        """Build a graph from a chain of matrices ``E_l (k_{l+1}, k_l)`` (e.g. synthetic ones)."""
+        sizes = [edges[0].shape[1]] + [E.shape[0] for E in edges]
+        layers = list(layers) if layers is not None else [f"L{i}" for i in range(len(sizes))]
+        if importance is None:
+            importance = [np.ones(k) for k in sizes]
+        return cls(
+            layers=tuple(layers),
+            edges={(a, b): E for a, b, E in zip(layers[:-1], layers[1:], edges)},
+            importance=dict(zip(layers, importance)),
+            epsilon=epsilon,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"InteractionGraph(layers={list(self.layers)}, features={list(self.sizes)}, "
+            f"epsilon={self.epsilon:.3g})"
+        )

@@ -1,0 +1,356 @@
+"""Interaction strengths between the features of adjacent node layers (arXiv 2405.10927 §3).
+
+For features ``f̂_l`` and ``f̂_{l+1}`` of adjacent node layers::
+
+    E[i, j] = E_x[ ( ∫₀¹ ∂f̂_{l+1,i}/∂f̂_{l,j} |_{μ + α ã_l} dα · f̂_{l,j}(x) )² ]
+
+(rows: target features, columns: source features). By default the integral is the gradient at
+``α = 1`` (gradient × input, squared); ``n_alpha > 1`` uses Gauss–Legendre quadrature on ``[0, 1]``,
+evaluating the Jacobian at activations ``μ + α (a − μ)``. With ``Γ(x) = ∂f̂_{l+1}/∂f̂_l =
+C_{l+1}ᵀ J(x) C_l⁺ᵀ``, every sum is a float64 accumulation over batches of ``(Γ ⊙ f̂_lᵀ)²``:
+
+- elementwise sections ``a_{l+1} = σ(W a_l + b)``: ``Γ(x) = C_{l+1}ᵀ diag(σ̄'(x)) W C_l⁺ᵀ`` with
+  ``σ̄'`` the quadrature average of ``σ'``, one batched matrix product per batch, no autograd;
+  a Linear→Linear junction has a constant ``Γ`` and ``E = Γ² ∘ Λ_l`` needs no pass at all;
+- any other section: batched vector–Jacobian products (one per target feature) by autograd.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._validate import check_float, check_int, check_model
+from .basis import (
+    CHUNK_ELEMENTS,
+    InteractionBasis,
+    Statistics,
+    accumulate_statistics,
+    chunk_rows,
+    elementwise_derivative,
+    fit_bases,
+    linear_preactivation,
+    section_vjp,
+    validate_basis_options,
+)
+from .capture import OUTPUT, Section, Session, session
+from .errors import ModgraphValueError
+from .graph import InteractionGraph
+
+__all__ = ["default_epsilon", "interaction_graph", "quadrature"]
+
+logger = logging.getLogger("modgraph")
+
+
+def quadrature(n_alpha: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights on ``[0, 1]``: ``α = 1`` for ``n_alpha = 1``, else Gauss–Legendre."""
+    if n_alpha == 1:
+        return np.ones(1), np.ones(1)
+    t, w = np.polynomial.legendre.leggauss(n_alpha)
+    return (t + 1) / 2, w / 2
+
+
+def default_epsilon(bases: Mapping[str, InteractionBasis], tau: float) -> float:
+    """``ε = τ · tr Cov(output)``: interactions below a fraction τ of output variance are free."""
+    return float(tau * bases[OUTPUT].gram_eigenvalues.sum())
+
+
+class _LayerTensors:
+    """Basis tensors of one node layer on the compute device (float64)."""
+
+    def __init__(self, basis: InteractionBasis, device: torch.device) -> None:
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(a, dtype=torch.float64, device=device)
+
+        self.mean = t(basis.mean)
+        self.C = t(basis.C)
+        self.C_pinv = t(basis.C_pinv)
+        self.eigenvalues = t(basis.eigenvalues)
+
+
+def _elementwise_edges_batch(
+    section: Section,
+    a: torch.Tensor,
+    src: _LayerTensors,
+    dst: _LayerTensors,
+    alphas: np.ndarray,
+    weights: np.ndarray,
+) -> torch.Tensor:
+    """Σ over the rows of ``a`` of ``(Γ(x) ⊙ f̂(x))²`` for an elementwise section, (k', k)."""
+    assert section.linear is not None
+    W = section.linear.weight.to(torch.float64)
+    P = dst.C.T  # (k', d')
+    Q = W @ src.C_pinv.T  # (d', k)
+    centred = a.to(torch.float64) - src.mean
+    f = centred @ src.C  # (B, k)
+    slope = torch.zeros((a.shape[0], W.shape[0]), dtype=torch.float64, device=a.device)
+    for alpha, w in zip(alphas, weights):
+        point = (src.mean + float(alpha) * centred).to(a.dtype)
+        slope += float(w) * elementwise_derivative(section, linear_preactivation(section, point))
+    k_next, d_next, k = P.shape[0], P.shape[1], Q.shape[1]
+    total = torch.zeros((k_next, k), dtype=torch.float64, device=a.device)
+    rows = max(1, CHUNK_ELEMENTS // max(1, k_next * max(d_next, k)))
+    for s, fs in zip(slope.split(rows), f.split(rows)):
+        # Γ(x) = P diag(s(x)) Q, for a chunk of rows at once: (b·k', d') @ (d', k)
+        gamma = ((P[None] * s[:, None, :]).reshape(-1, d_next) @ Q).reshape(-1, k_next, k)
+        gamma *= fs[:, None, :]
+        total += torch.einsum("bij,bij->ij", gamma, gamma)
+    return total
+
+
+def _junction_edges(section: Section, src: _LayerTensors, dst: _LayerTensors) -> torch.Tensor:
+    """Linear→Linear junction: Γ = C_{l+1}ᵀ W C_l⁺ᵀ is constant, so E = Γ² · Λ_l (exact)."""
+    assert section.linear is not None
+    gamma = dst.C.T @ section.linear.weight.to(torch.float64) @ src.C_pinv.T
+    return gamma.square() * src.eigenvalues[None, :]
+
+
+def _autograd_edges(
+    sess: Session,
+    section: Section,
+    src: _LayerTensors,
+    dst: _LayerTensors,
+    alphas: np.ndarray,
+    weights: np.ndarray,
+) -> torch.Tensor:
+    """E for a general section by batched VJPs (one per target feature) at each α."""
+    k_next, k = dst.C.shape[1], src.C.shape[1]
+    total = torch.zeros((k_next, k), dtype=torch.float64, device=sess.device)
+    if k_next == 0 or k == 0:
+        return total
+    d = sess.plan.dims[section.source]
+    rows = chunk_rows(k_next, max(d, sess.plan.dims[section.target], k), sess.batch_size)
+    cot = dst.C.T[:, None, :]
+
+    def cotangent(b: int) -> torch.Tensor:
+        return cot.expand(k_next, b, cot.shape[-1])
+
+    count = 0
+    for x in sess.batches(f"edges {section.source}", rows):
+        count += x.shape[0]
+        grad = None
+        a = None
+        for alpha, w in zip(alphas, weights):
+
+            def point(v: torch.Tensor, alpha: float = float(alpha)) -> torch.Tensor:
+                return (src.mean + alpha * (v.to(torch.float64) - src.mean)).to(v.dtype)
+
+            a, g = section_vjp(sess, section, x, cotangent, point if alpha != 1.0 else None)
+            if g is not None:
+                g = float(w) * g.to(torch.float64)
+                grad = g if grad is None else grad + g
+        if grad is None:
+            continue
+        assert a is not None
+        f = (a.to(torch.float64) - src.mean) @ src.C  # (B, k)
+        gamma = grad @ src.C_pinv.T  # (k', B, k)
+        gamma *= f[None]
+        total += torch.einsum("ibj,ibj->ij", gamma, gamma)
+    return total / max(count, 1)
+
+
+def compute_edges(
+    sess: Session, bases: Mapping[str, InteractionBasis], *, n_alpha: int
+) -> dict[tuple[str, str], np.ndarray]:
+    """``E`` for every section: one shared pass for the elementwise sections with a
+    nonlinearity, none for junctions, one autograd pass per other section."""
+    tensors = {n: _LayerTensors(b, sess.device) for n, b in bases.items()}
+    alphas, weights = quadrature(n_alpha)
+    sections = sess.plan.sections
+    shared = [s for s in sections if s.elementwise and s.activation is not None]
+    sums: dict[tuple[str, str], torch.Tensor] = {}
+    n = 0
+    if shared:
+        with torch.no_grad():
+            for x in sess.batches("edges (elementwise)"):
+                acts = sess.tracer.run(x, record=[s.source for s in shared])
+                n += x.shape[0]
+                for s in shared:
+                    part = _elementwise_edges_batch(
+                        s, acts[s.source], tensors[s.source], tensors[s.target], alphas, weights
+                    )
+                    key = (s.source, s.target)
+                    sums[key] = sums[key] + part if key in sums else part
+    out: dict[tuple[str, str], np.ndarray] = {}
+    for s in sections:
+        key = (s.source, s.target)
+        src, dst = tensors[s.source], tensors[s.target]
+        if s.elementwise and s.activation is None:
+            E = _junction_edges(s, src, dst)
+        elif s.elementwise:
+            E = sums[key] / n
+        else:
+            E = _autograd_edges(sess, s, src, dst, alphas, weights)
+        out[key] = E.cpu().numpy()
+    return out
+
+
+_WHERE = "interaction_graph"
+
+
+def validate_graph_options(where: str, *, n_alpha: Any, epsilon: Any, tau: Any) -> None:
+    check_int(n_alpha, "n_alpha", where, minimum=1)
+    if epsilon is not None:
+        if not isinstance(epsilon, numbers.Real) or isinstance(epsilon, bool):
+            raise ModgraphValueError(
+                f"The 'epsilon' parameter of {where} must be a float > 0 or None (then "
+                f"ε = τ · tr Cov(output)). Got {epsilon!r}."
+            )
+        check_float(epsilon, "epsilon", where, low=0.0)
+    check_float(tau, "tau", where, low=0.0)
+
+
+def check_bases(bases: Any, where: str) -> list[str]:
+    if not isinstance(bases, Mapping) or not bases:
+        raise ModgraphValueError(
+            f"The 'bases' parameter of {where} must be the dict returned by interaction_basis. "
+            f"Got {type(bases).__name__}."
+        )
+    names = list(bases)
+    if names[-1] != OUTPUT or not all(isinstance(b, InteractionBasis) for b in bases.values()):
+        raise ModgraphValueError(
+            f"The 'bases' parameter of {where} must be the dict returned by interaction_basis "
+            f"(InteractionBasis values, 'output' last). Got keys {names}."
+        )
+    return names
+
+
+def build_graph(
+    bases: Mapping[str, InteractionBasis],
+    edges: Mapping[tuple[str, str], np.ndarray],
+    *,
+    epsilon: float | None,
+    tau: float,
+    n_alpha: int,
+) -> InteractionGraph:
+    eps = default_epsilon(bases, tau) if epsilon is None else float(epsilon)
+    if eps <= 0:
+        raise ModgraphValueError(
+            "The default epsilon τ · tr Cov(output) is 0: the model output is constant on the "
+            "data, so no interaction matters. Pass epsilon=<float> or use more varied data."
+        )
+    return InteractionGraph(
+        layers=tuple(bases),
+        edges=dict(edges),
+        importance={n: b.eigenvalues for n, b in bases.items()},
+        epsilon=eps,
+        tau=None if epsilon is not None else tau,
+        n_alpha=n_alpha,
+        bases=bases,
+    )
+
+
+def interaction_graph(
+    model: nn.Module,
+    data: Any,
+    bases: Mapping[str, InteractionBasis] | None = None,
+    *,
+    layers: Iterable[str] | None = None,
+    n_alpha: int = 1,
+    epsilon: float | None = None,
+    tau: float = 1e-4,
+    variant: str = "local",
+    rtol: float = 1e-10,
+    batch_size: int = 256,
+    n_random_sources: int | None = None,
+    dtype: torch.dtype | None = torch.float64,
+    device: torch.device | str | None = None,
+    output: Callable[[Any], torch.Tensor] | None = None,
+    output_basis: str = "identity",
+    seed: int = 0,
+    progress: bool | None = None,
+) -> InteractionGraph:
+    """Interaction strengths between the features of adjacent node layers.
+
+    Parameters
+    ----------
+    model, data
+        As for :func:`interaction_basis`.
+    bases : dict of str to InteractionBasis, optional
+        Bases from :func:`interaction_basis` on the same model (their layers are used). Default:
+        computed here with ``layers``, ``variant``, ``rtol``, ``n_random_sources``, ``seed``,
+        ``output_basis`` (these options only apply then).
+    n_alpha : int
+        1: gradient × input at α = 1 (default, as in all published runs); more: Gauss–Legendre
+        quadrature of the integrated gradient from the mean.
+    epsilon : float, optional
+        Interaction tolerance ``ε`` of the degeneracy cost. Default ``τ · tr Cov(output)``.
+    tau : float
+        ``τ`` of the default ε.
+    batch_size, dtype, device, output, progress
+        As for :func:`interaction_basis`.
+
+    Returns
+    -------
+    InteractionGraph
+        ``edges[(l, l_next)]`` of shape ``(k_next, k)``: rows are targets, columns sources.
+
+    Notes
+    -----
+    ``E[i, j] = E_x[(∫₀¹ ∂f̂_{l+1,i}/∂f̂_{l,j}|_{μ+αã} dα · f̂_{l,j})²]``, arXiv 2405.10927 §3.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from modgraph import interaction_graph
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> g = interaction_graph(model, torch.randn(256, 4), progress=False)
+    >>> g.edges[("0", "2")].shape[1] == g.sizes[0]
+    True
+    """
+    check_model(model, _WHERE)
+    validate_basis_options(
+        _WHERE,
+        variant=variant,
+        rtol=rtol,
+        batch_size=batch_size,
+        n_random_sources=n_random_sources,
+        dtype=dtype,
+        seed=seed,
+        output_basis=output_basis,
+    )
+    validate_graph_options(_WHERE, n_alpha=n_alpha, epsilon=epsilon, tau=tau)
+    if bases is not None:
+        names = check_bases(bases, _WHERE)
+        if layers is not None and list(layers) != names[: len(list(layers))]:
+            raise ModgraphValueError(
+                f"layers={list(layers)} disagrees with the layers of bases {names}; pass one."
+            )
+        layers = names
+    with session(
+        model,
+        data,
+        layers,
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+        output=output,
+        progress=progress,
+        where=_WHERE,
+    ) as sess:
+        if bases is None:
+            stats: Statistics = accumulate_statistics(sess, coactivation=variant == "local")
+            bases = fit_bases(
+                sess,
+                stats,
+                variant=variant,
+                rtol=rtol,
+                n_sources=n_random_sources,
+                seed=seed,
+                output_basis=output_basis,
+            )
+        else:
+            for name, b in bases.items():
+                if b.d != sess.plan.dims[name]:
+                    raise ModgraphValueError(
+                        f"bases[{name!r}] has width {b.d} but the model's layer has "
+                        f"{sess.plan.dims[name]}; compute bases on this model."
+                    )
+        edges = compute_edges(sess, bases, n_alpha=n_alpha)
+    return build_graph(bases, edges, epsilon=epsilon, tau=tau, n_alpha=n_alpha)

@@ -1,0 +1,240 @@
+"""The degeneracy-based modularity metric (arXiv 2405.10927 §4; formalised in docs/method.md).
+
+An interaction of strength ``E`` between modules costs about ``½ ln(E/ε)`` nats of degeneracy
+(nothing below the tolerance ``ε``). With those *degeneracy costs* ``c`` as weights of the
+undirected feature graph, a partition ``P`` (membership ``m``) scores::
+
+    Q_deg(P; γ) = (1/2W) Σ_ij [c_ij − γ k_i k_j / 2W] 1[m_i = m_j],   k_i = Σ_j c_ij,  2W = Σ_ij c_ij
+
+the Newman–Girvan modularity of the cost graph. The cross-module interaction cost
+``X(P) = Σ_{i<j, m_i ≠ m_j} c_ij`` is the degeneracy (in nats) that the interactions between modules
+remove; ``1 − X/W`` is the share of cost inside modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._validate import check_choice, check_float
+from .errors import ModgraphTypeError, ModgraphValueError
+
+__all__ = [
+    "PartitionCost",
+    "degeneracy_cost",
+    "modularity_score",
+    "partition_cost",
+]
+
+
+def degeneracy_cost(E: np.ndarray, epsilon: float) -> np.ndarray:
+    """Degeneracy cost of interactions: ``c = ½ · max(0, ln(E / ε))`` in nats.
+
+    Parameters
+    ----------
+    E : array_like, shape (...)
+        Interaction strengths, finite and ``>= 0``.
+    epsilon : float
+        Interaction tolerance ``ε > 0`` (same units as ``E``).
+
+    Returns
+    -------
+    ndarray, shape (...)
+        Costs, 0 where ``E <= ε``.
+
+    Examples
+    --------
+    >>> float(degeneracy_cost([1e-6, 1.0, 1e4], 1.0)[2])  # ½ ln 1e4
+    4.605170185988092
+    """
+    epsilon = check_float(epsilon, "epsilon", "degeneracy_cost", low=0.0)
+    E = np.asarray(E, dtype=np.float64)
+    check_weights(E, "E", "degeneracy_cost")
+    with np.errstate(divide="ignore"):
+        return 0.5 * np.maximum(0.0, np.log(np.maximum(E, 0.0) / epsilon))
+
+
+def check_weights(w: np.ndarray, name: str, where: str) -> None:
+    """Weights must be finite and non-negative (leidenalg raises BaseException otherwise)."""
+    if w.size == 0:
+        return
+    finite = np.isfinite(w)
+    if not finite.all():
+        raise ModgraphValueError(
+            f"{where}: {name} holds {int((~finite).sum())} NaN/Inf values; interaction strengths "
+            "must be finite. Recompute them from finite activations."
+        )
+    if (w < 0).any():
+        raise ModgraphValueError(
+            f"{where}: {name} holds {int((w < 0).sum())} negative values (smallest "
+            f"{float(w.min()):.3g}); interaction strengths and costs must be >= 0."
+        )
+
+
+@dataclass(frozen=True)
+class PartitionCost:
+    """How a partition splits the degeneracy cost (nats).
+
+    Attributes
+    ----------
+    total : float
+        ``W = Σ_{i<j} c_ij``, the total cost of all interactions.
+    internal : float
+        Cost of interactions inside modules.
+    cross : float
+        ``X(P)``, cost of interactions between modules.
+    cross_fraction : float
+        ``X / W`` (0 for a graph with no cost).
+    """
+
+    total: float
+    internal: float
+    cross: float
+    cross_fraction: float
+
+
+def canonical_membership(membership: np.ndarray) -> np.ndarray:
+    """Labels 0..m-1 where each ``-1`` (no module) becomes its own singleton."""
+    m = np.asarray(membership, dtype=np.int64).copy()
+    alone = m < 0
+    if alone.any():
+        top = m.max(initial=-1) + 1
+        m[alone] = top + np.arange(int(alone.sum()))
+    _, m = np.unique(m, return_inverse=True)
+    return m
+
+
+def modularity_from_edges(
+    n: int,
+    src: np.ndarray,
+    dst: np.ndarray,
+    weight: np.ndarray,
+    membership: np.ndarray,
+    resolution: float = 1.0,
+) -> float:
+    """Newman–Girvan modularity of an undirected weighted graph given as an edge list.
+
+    Each undirected edge appears once in ``(src, dst)``. ``membership (n,)`` may use ``-1`` for
+    singletons. Returns 0.0 for a graph with no weight.
+    """
+    m = canonical_membership(membership)
+    two_w = 2.0 * float(weight.sum())
+    if two_w == 0.0:
+        return 0.0
+    internal = 2.0 * float(weight[m[src] == m[dst]].sum())
+    strength = np.bincount(src, weight, minlength=n) + np.bincount(dst, weight, minlength=n)
+    per_module = np.bincount(m, strength)
+    return (internal - resolution * float(per_module @ per_module) / two_w) / two_w
+
+
+def _graph_of(graph_or_result: Any) -> Any:
+    graph = getattr(graph_or_result, "interaction_graph", graph_or_result)
+    if not hasattr(graph, "undirected_edges"):
+        raise ModgraphTypeError(
+            "Expected an InteractionGraph or a ModuleResult (from interaction_graph or "
+            f"find_modules). Got {type(graph_or_result).__name__}."
+        )
+    return graph
+
+
+def membership_array(graph: Any, membership: Any, where: str) -> np.ndarray:
+    """Membership as an int array in node order, from a dict (node id → label) or a sequence."""
+    ids = graph.node_ids
+    n = len(ids)
+    if isinstance(membership, Mapping):
+        index = graph.node_index
+        unknown = [k for k in membership if k not in index]
+        if unknown:
+            raise ModgraphValueError(
+                f"{where}: membership names {len(unknown)} unknown node ids (first: "
+                f"{unknown[0]!r}); node ids look like {ids[0]!r} (see graph.node_ids)."
+            )
+        if len(membership) != n:
+            raise ModgraphValueError(
+                f"{where}: membership gives {len(membership)} of the {n} nodes; give every "
+                "node a module (-1 for none)."
+            )
+        out = np.empty(n, dtype=np.int64)
+        keys = np.fromiter((index[k] for k in membership), dtype=np.int64, count=n)
+        out[keys] = np.fromiter(membership.values(), dtype=np.int64, count=n)
+        return out
+    if isinstance(membership, (str, bytes)) or not isinstance(membership, (Sequence, np.ndarray)):
+        raise ModgraphTypeError(
+            f"{where}: membership must be a dict node id → module or a sequence of ints in node "
+            f"order. Got {type(membership).__name__}."
+        )
+    arr = np.asarray(membership)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ModgraphValueError(
+            f"{where}: membership has shape {arr.shape}; expected ({n},), one label per node in "
+            "graph.node_ids order."
+        )
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ModgraphTypeError(f"{where}: membership labels must be ints; got {arr.dtype}.")
+    return arr.astype(np.int64)
+
+
+_WEIGHTS = ("cost", "weight", "sqrt_weight")
+
+
+def modularity_score(
+    graph_or_result: Any,
+    membership: Any,
+    *,
+    resolution: float = 1.0,
+    weight: str = "cost",
+) -> float:
+    """``Q_deg`` of a partition of the interaction graph.
+
+    Parameters
+    ----------
+    graph_or_result : InteractionGraph or ModuleResult
+    membership : dict of str to int, or sequence of int, shape (n_features,)
+        Module of each feature (node id → label, or labels in ``graph.node_ids`` order);
+        ``-1`` marks a feature in no module (scored as a singleton).
+    resolution : float > 0
+        ``γ``.
+    weight : {"cost", "weight", "sqrt_weight"}
+        ``"cost"`` (default): ``Q_deg`` on degeneracy costs. For comparison, plain Newman
+        modularity on the raw strengths ``E`` (``"weight"``) or on ``√E`` (``"sqrt_weight"``),
+        over edges above the graph's ``min_weight``.
+
+    Returns
+    -------
+    float
+        ``(1/2W) Σ_ij [c_ij − γ k_i k_j / 2W] 1[m_i = m_j]``; 0.0 when no edge has cost.
+
+    Notes
+    -----
+    Equals ``igraph.Graph.modularity(membership, weights=c, resolution=γ, directed=False)`` on the
+    undirected cost graph, and ``RBConfigurationVertexPartition.quality() / 2W`` (leidenalg).
+    """
+    where = "modularity_score"
+    resolution = check_float(resolution, "resolution", where, low=0.0)
+    check_choice(weight, "weight", where, _WEIGHTS)
+    graph = _graph_of(graph_or_result)
+    m = membership_array(graph, membership, where)
+    src, dst, w = graph.undirected_edges(weight)
+    return modularity_from_edges(len(graph.node_ids), src, dst, w, m, resolution)
+
+
+def partition_cost(graph_or_result: Any, membership: Any) -> PartitionCost:
+    """Split the total degeneracy cost into the parts inside and between modules."""
+    graph = _graph_of(graph_or_result)
+    m = canonical_membership(membership_array(graph, membership, "partition_cost"))
+    src, dst, c = graph.undirected_edges("cost")
+    return cost_split(src, dst, c, m)
+
+
+def cost_split(src: np.ndarray, dst: np.ndarray, c: np.ndarray, m: np.ndarray) -> PartitionCost:
+    total = float(c.sum())
+    cross = float(c[m[src] != m[dst]].sum())
+    return PartitionCost(
+        total=total,
+        internal=total - cross,
+        cross=cross,
+        cross_fraction=cross / total if total > 0 else 0.0,
+    )
