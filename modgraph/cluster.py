@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.sparse import triu as sp_triu
 
 from ._validate import check_float, check_int, check_seed
-from .errors import ModgraphValueError
-from .modularity import canonical_membership, cost_split, modularity_from_edges
+from .errors import ModgraphTypeError, ModgraphValueError
+from .modularity import canonical_membership, check_weights, cost_split, modularity_from_edges
 
 __all__ = ["Partition", "leiden_modules"]
 
@@ -62,6 +63,48 @@ def _relabel(raw: np.ndarray) -> np.ndarray:
     big = order[sizes[order] >= 2]
     new[big] = np.arange(big.shape[0])
     return new[np.searchsorted(labels, raw)]
+
+
+class _NetworkxCosts:
+    """Adapter: a networkx graph as a cost graph (edge attribute ``cost``, else ``weight``, else 1;
+    directions are merged by summing)."""
+
+    def __init__(self, G: Any) -> None:
+        import networkx as nx
+
+        nodes = list(G.nodes)
+        attrs = {k for _, _, d in G.edges(data=True) for k in d}
+        attr = "cost" if "cost" in attrs else "weight" if "weight" in attrs else None
+        A = nx.to_scipy_sparse_array(G, nodelist=nodes, weight=attr, format="csr")
+        if G.is_directed():
+            A = A + A.T
+        upper = sp_triu(A, k=1).tocoo()
+        self.n_nodes = len(nodes)
+        self.node_ids = [str(v) for v in nodes]
+        self._edges = (
+            upper.row.astype(np.int64),
+            upper.col.astype(np.int64),
+            np.asarray(upper.data, dtype=np.float64),
+        )
+        check_weights(self._edges[2], f"edge attribute {attr!r}", "leiden_modules")
+
+    def undirected_edges(self, weight: str = "cost") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._edges
+
+
+def _cost_graph(graph: Any) -> Any:
+    if hasattr(graph, "undirected_edges"):
+        return graph
+    try:
+        import networkx as nx
+    except ImportError:  # pragma: no cover
+        nx = None
+    if nx is not None and isinstance(graph, nx.Graph):
+        return _NetworkxCosts(graph)
+    raise ModgraphTypeError(
+        "leiden_modules needs an InteractionGraph (from interaction_graph) or a networkx graph "
+        f"with edge attribute 'cost' or 'weight'. Got {type(graph).__name__}."
+    )
 
 
 class _Search:
@@ -173,7 +216,9 @@ def leiden_modules(
 
     Parameters
     ----------
-    graph : InteractionGraph
+    graph : InteractionGraph or networkx.Graph
+        A networkx graph is read with edge attribute ``cost`` (else ``weight``, else 1) as
+        the weights; its node ids are ``str(node)``.
     resolution : float > 0
         ``γ`` of ``Q_deg`` (ignored when ``n_modules`` is set).
     seed : int
@@ -196,10 +241,7 @@ def leiden_modules(
     resolution = check_float(resolution, "resolution", where, low=0.0)
     seed = check_seed(seed, where)
     n_restarts = int(check_int(n_restarts, "n_restarts", where, minimum=1) or 1)
-    if not hasattr(graph, "undirected_edges"):
-        raise ModgraphValueError(
-            f"{where} needs an InteractionGraph (from interaction_graph); got {type(graph).__name__}."
-        )
+    graph = _cost_graph(graph)
     if n_modules is not None:
         n_modules = check_int(n_modules, "n_modules", where, minimum=1)
         if n_modules > graph.n_nodes:

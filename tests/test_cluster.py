@@ -1,0 +1,97 @@
+"""Leiden search: quality on planted partitions, determinism, n_modules, errors."""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+import pytest
+from sklearn.metrics import normalized_mutual_info_score
+
+from modgraph import InteractionGraph, leiden_modules, modularity_score
+
+
+def planted(mixing: float, seed: int) -> tuple[nx.Graph, np.ndarray]:
+    """10 groups of 100 nodes, average degree 20, a share `mixing` of edges leaving the group."""
+    k_in, k_out = 20 * (1 - mixing), 20 * mixing
+    G = nx.random_partition_graph([100] * 10, k_in / 99, k_out / 900, seed=seed)
+    truth = np.repeat(np.arange(10), 100)
+    return G, truth
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_planted_partition_is_recovered(seed):
+    G, truth = planted(0.5, seed)
+    mixing = sum(truth[u] != truth[v] for u, v in G.edges) / G.number_of_edges()
+    assert 0.45 < mixing < 0.55  # the realised mixing, not just the nominal one
+    part = leiden_modules(G, seed=seed)
+    nmi = normalized_mutual_info_score(truth, part.membership)
+    assert nmi >= 0.95, nmi
+
+
+def test_same_seed_same_partition_and_best_of_restarts():
+    G, _ = planted(0.55, 3)
+    a = leiden_modules(G, seed=5, n_restarts=4)
+    b = leiden_modules(G, seed=5, n_restarts=4)
+    np.testing.assert_array_equal(a.membership, b.membership)
+    assert a.score == b.score
+    single = [leiden_modules(G, seed=s, n_restarts=1).score for s in range(3)]
+    assert leiden_modules(G, seed=0, n_restarts=8).score >= max(single[:1]) - 1e-12
+
+
+def test_modules_are_numbered_by_size_and_scored_consistently():
+    rng = np.random.default_rng(0)
+    E = rng.lognormal(0, 1, (30, 20)) * (rng.random((30, 20)) < 0.3)
+    graph = InteractionGraph.from_matrices([E, rng.lognormal(0, 1, (10, 30))], epsilon=0.5)
+    part = leiden_modules(graph, seed=1)
+    sizes = [len(m) for m in part.modules]
+    assert sizes == sorted(sizes, reverse=True) and min(sizes) >= 2
+    assert part.score == pytest.approx(modularity_score(graph, part.membership), abs=1e-12)
+    for i, members in enumerate(part.modules):
+        assert all(part.membership[graph.node_index[n]] == i for n in members)
+
+
+def test_n_modules_bisects_the_resolution():
+    G, _ = planted(0.3, 1)
+    for target in (4, 10, 14):
+        part = leiden_modules(G, n_modules=target, n_restarts=2)
+        assert len(part.modules) == target
+    low = leiden_modules(G, n_modules=4, n_restarts=2).resolution
+    high = leiden_modules(G, n_modules=14, n_restarts=2).resolution
+    assert low < 1.0 < high
+
+
+def test_n_modules_impossible_says_so():
+    two = nx.disjoint_union(nx.complete_graph(5), nx.complete_graph(5))
+    with pytest.raises(ValueError, match="2 separate connected parts"):
+        leiden_modules(two, n_modules=1)
+    with pytest.raises(ValueError, match="larger than the number of features"):
+        leiden_modules(two, n_modules=11)
+    with pytest.raises(ValueError, match="at most 5 modules"):
+        leiden_modules(two, n_modules=6)
+
+
+def test_isolated_graph_gives_no_modules():
+    graph = InteractionGraph.from_matrices([np.full((3, 4), 1e-9)], epsilon=1.0)
+    part = leiden_modules(graph)
+    assert part.modules == [] and (part.membership == -1).all() and part.score == 0.0
+
+
+def test_bad_parameters_and_negative_weights():
+    G, _ = planted(0.3, 0)
+    with pytest.raises(ValueError, match="'resolution'"):
+        leiden_modules(G, resolution=0)
+    with pytest.raises(ValueError, match="'resolution'"):
+        leiden_modules(G, resolution=float("nan"))
+    with pytest.raises(ValueError, match="'n_restarts'"):
+        leiden_modules(G, n_restarts=0)
+    with pytest.raises(TypeError, match="'seed'"):
+        leiden_modules(G, seed=1.5)
+    with pytest.raises(ValueError, match="'seed'"):
+        leiden_modules(G, seed=-1)
+    with pytest.raises(TypeError, match="InteractionGraph"):
+        leiden_modules([[0, 1]])
+    bad = nx.Graph()
+    bad.add_edge(0, 1, weight=-1.0)
+    bad.add_edge(1, 2, weight=1.0)
+    with pytest.raises(ValueError, match="negative"):  # leidenalg would raise BaseException
+        leiden_modules(bad)

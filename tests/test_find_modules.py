@@ -1,0 +1,232 @@
+"""find_modules end to end: planted modules, obfuscation, trained two-task MLPs, the API."""
+
+from __future__ import annotations
+
+import json
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score, homogeneity_score
+
+from modgraph import ModuleResult, find_modules, modularity_score
+from modgraph.toy import accuracy, block_diagonal_mlp, obfuscate, train_mlp, two_task_digits
+from tests.blocks import feature_blocks, match_features, product_data, sequential_node_inputs
+
+N1, N2 = 50, 40
+
+
+@pytest.fixture(scope="module")
+def planted():
+    model = block_diagonal_mlp([[5, 12, 10, 3], [4, 12, 10, 2]], seed=0)
+    twin = obfuscate(model, seed=1, n_duplicate=2, n_dead=2)
+    x = product_data(N1, N2, 5, 4, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), model(x), rtol=1e-10, atol=1e-10)
+    return (
+        model,
+        twin,
+        x,
+        find_modules(model, x, progress=False),
+        find_modules(twin, x, progress=False),
+    )
+
+
+def test_planted_modules_are_pure(planted):
+    model, _, x, result, _ = planted
+    truth, purity = feature_blocks(result.bases, sequential_node_inputs(model, x), N1, N2)
+    assert purity.min() > 1 - 1e-9
+    m = result.partition.membership
+    assert result.n_modules >= 2
+    assert homogeneity_score(truth[m >= 0], m[m >= 0]) >= 0.99
+    assert result.cross_fraction < 1e-9
+
+
+def test_obfuscated_copy_has_the_same_modules(planted):
+    model, twin, x, result, result_twin = planted
+    acts = sequential_node_inputs(model, x)
+    acts_twin = sequential_node_inputs(twin, x)
+    g, g_twin = result.interaction_graph, result_twin.interaction_graph
+    assert g.sizes == g_twin.sizes
+    mapping = []
+    for (name, b), (_, b_twin), a, a_twin, offset in zip(
+        result.bases.items(), result_twin.bases.items(), acts, acts_twin, g_twin.offsets
+    ):
+        idx, corr = match_features(b.transform(a), b_twin.transform(a_twin))
+        assert corr.min() > 1 - 1e-6, name
+        assert len(set(idx)) == len(idx)
+        mapping.append(offset + idx)
+    mapping = np.concatenate(mapping)
+    m, m_twin = result.partition.membership, result_twin.partition.membership[mapping]
+    assert adjusted_rand_score(m, m_twin) == 1.0
+    np.testing.assert_array_equal(m < 0, m_twin < 0)
+    assert result.score == pytest.approx(result_twin.score, abs=1e-6)
+
+
+def test_result_fields_and_exports(planted, tmp_path):
+    _, _, _, result, _ = planted
+    assert isinstance(result, ModuleResult)
+    sizes = [len(m) for m in result.modules]
+    assert sizes == sorted(sizes, reverse=True)
+    assert set(result.membership) == set(result.graph.nodes)
+    assert all(result.graph.nodes[n]["module"] == k for n, k in result.membership.items())
+    assert result.score == pytest.approx(modularity_score(result, result.membership), abs=1e-12)
+    assert result.seed == 0 and result.resolution == 1.0
+    text = result.summary()
+    assert f"{result.n_modules} modules" in text and "Q_deg" in text
+    assert len(text.splitlines()) == 2 + result.n_modules
+    path = tmp_path / "modules.graphml"
+    result.to_graphml(path)
+    back = nx.read_graphml(path)
+    assert {n: d["module"] for n, d in back.nodes(data=True)} == result.membership
+    assert back.graph["seed"] == 0
+    result.to_json(tmp_path / "modules.json")
+    loaded = json.loads((tmp_path / "modules.json").read_text())
+    assert loaded["modules"] == result.modules
+    with pytest.raises(dataclasses_error()):
+        result.score = 1.0  # frozen
+
+
+def dataclasses_error():
+    import dataclasses
+
+    return dataclasses.FrozenInstanceError
+
+
+def test_same_seed_same_modules_across_batch_sizes(planted):
+    model, _, x, result, _ = planted
+    other = find_modules(model, x, batch_size=333, progress=False)
+    np.testing.assert_array_equal(other.partition.membership, result.partition.membership)
+    assert other.score == pytest.approx(result.score, abs=1e-10)
+
+
+def test_every_feature_isolated_is_a_result_not_a_crash(planted):
+    model, _, x, _, _ = planted
+    result = find_modules(model, x, epsilon=1e6, progress=False)
+    assert result.modules == [] and result.score == 0.0
+    assert set(result.membership.values()) == {-1}
+    assert result.graph.number_of_edges() == 0
+    assert "0 modules" in result.summary()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"resolution": 0.0}, "'resolution'"),
+        ({"resolution": -1.0}, "'resolution'"),
+        ({"n_modules": 0}, "'n_modules'"),
+        ({"n_modules": 10_000}, "larger than the number of features"),
+        ({"tau": 0.0}, "'tau'"),
+        ({"epsilon": float("nan")}, "'epsilon'"),
+        ({"epsilon": -1.0}, "'epsilon'"),
+        ({"n_restarts": 0}, "'n_restarts'"),
+        ({"variant": "globl"}, "'variant'"),
+        ({"n_alpha": 0}, "'n_alpha'"),
+    ],
+)
+def test_bad_parameters(planted, kwargs, match):
+    model, _, x, _, _ = planted
+    with pytest.raises(ValueError, match=match):
+        find_modules(model, x[:64], progress=False, **kwargs)
+
+
+# ---------------------------------------------------------------- trained two-task MLPs
+
+
+def task_dependence(model, bases, x, n_first, seed=0):
+    """(n_features, 2): each feature's mean squared change when one input block is resampled."""
+    rng = np.random.default_rng(seed)
+    base = sequential_node_inputs(model, x)
+    deps = []
+    for cols in (slice(0, n_first), slice(n_first, None)):
+        xs = x.clone()
+        xs[:, cols] = x[rng.permutation(len(x))][:, cols]
+        alt = sequential_node_inputs(model, xs)
+        deps.append(
+            np.concatenate(
+                [
+                    ((b.transform(a) - b.transform(c)) ** 2).mean(0)
+                    for b, a, c in zip(bases.values(), base, alt)
+                ]
+            )
+        )
+    return np.stack(deps, 1)
+
+
+@pytest.fixture(scope="module")
+def two_task():
+    data = two_task_digits(2000, seed=0)
+    model = train_mlp(data, (64, 64), l1=3e-4, epochs=400)
+    return data, model, find_modules(model, data.x, progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_task():
+    data = two_task_digits(2000, seed=0, one_task=True)
+    model = train_mlp(data, (64, 64), l1=3e-4, epochs=400)
+    return data, model
+
+
+def io_nodes(result):
+    depth = result.interaction_graph.node_attributes()["depth"]
+    return (depth == 0) | (depth == depth.max())
+
+
+def test_two_task_modules_are_pure_at_resolution_one(two_task):
+    data, model, result = two_task
+    acc = accuracy(model, data)
+    assert acc[0] > 0.8 and acc[1] > 0.8, acc  # trained, not the property under test
+    truth = task_dependence(model, result.bases, data.x, data.n_first_inputs).argmax(1)
+    m = result.partition.membership
+    assert result.n_modules >= 2
+    assert homogeneity_score(truth[m >= 0], m[m >= 0]) >= 0.95
+    # the second task (parity) has a module of its own, holding its output features
+    parity_outputs = [f"output:{i}" for i in range(10, 10 + data.n_second_outputs)]
+    labels = {result.membership[n] for n in parity_outputs}
+    assert len(labels) == 1 and labels != {-1}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured: the 2-module partition found by bisecting the resolution splits off a small, "
+    "weakly attached group of features instead of the second task (ARI about -0.07); see docs/method.md",
+)
+def test_two_task_split_into_two_modules_separates_the_tasks(two_task):
+    data, model, _ = two_task
+    result = find_modules(model, data.x, n_modules=2, progress=False)
+    truth = task_dependence(model, result.bases, data.x, data.n_first_inputs).argmax(1)
+    sel = io_nodes(result) & (result.partition.membership >= 0)
+    assert adjusted_rand_score(truth[sel], result.partition.membership[sel]) >= 0.9
+
+
+def test_two_task_split_cuts_far_less_than_one_task(two_task, one_task):
+    data, model, _ = two_task
+    two = find_modules(model, data.x, n_modules=2, progress=False).cross_fraction
+    one = find_modules(one_task[1], one_task[0].x, n_modules=2, progress=False).cross_fraction
+    print(f"best 2-module split cuts {100 * two:.2f} % (two tasks) vs {100 * one:.2f} % (one task)")
+    assert two * 5 <= one, (two, one)
+
+
+def output_jacobian_leak(model, x, n_first):
+    """Share of each task's output-Jacobian energy that falls on the other task's inputs."""
+    J = torch.func.vmap(torch.func.jacrev(lambda v: model(v[None])[0]))(x)  # (N, out, in)
+    e = J.square().mean(0)
+    first = e[:10, n_first:].sum() / e[:10].sum()
+    second = e[10:, :n_first].sum() / e[10:].sum()
+    return float(first), float(second)
+
+
+def test_identical_tasks_limitation():
+    """Known limitation (docs/method.md): two copies of the same task on identically distributed
+    inputs do not separate, because the trained network leaks each task onto the other's inputs."""
+    data = two_task_digits(2000, seed=0, same_task=True)
+    model = train_mlp(data, (64, 64), l1=3e-4, epochs=400)
+    result = find_modules(model, data.x, progress=False)
+    truth = task_dependence(model, result.bases, data.x, data.n_first_inputs).argmax(1)
+    m = result.partition.membership
+    homogeneity = homogeneity_score(truth[m >= 0], m[m >= 0])
+    leak = output_jacobian_leak(model, data.x[:500], data.n_first_inputs)
+    print(f"identical tasks: homogeneity {homogeneity:.3f}, Jacobian leak {leak}")
+    assert homogeneity < 0.9  # modules mix the two tasks
+    assert min(leak) > 0.01  # and the network itself couples them
