@@ -21,7 +21,7 @@ def random_graph(seed: int, sizes=(6, 5, 7, 3), density=0.6) -> InteractionGraph
 def igraph_reference(graph: InteractionGraph, membership, resolution):
     """Undirected igraph graph built by hand from the E matrices and ½ ln(E/ε)."""
     edges, weights = [], []
-    for l, (pair, E) in enumerate(graph.edges.items()):
+    for l, E in enumerate(graph.edges.values()):
         rows, cols = np.nonzero(E > graph.epsilon)
         for i, j in zip(rows, cols):
             edges.append((graph.offsets[l] + j, graph.offsets[l + 1] + i))
