@@ -10,15 +10,20 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 __all__ = [
+    "MnistMLP",
     "TwoTaskData",
+    "digits_as_mnist",
+    "load_mnist_mlp",
     "block_diagonal_mlp",
     "mlp",
     "obfuscate",
@@ -234,3 +239,49 @@ def accuracy(model: nn.Module, data: TwoTaskData) -> tuple[float, float]:
     a1 = (out[:, :10].argmax(1) == data.y_first).double().mean().item()
     a2 = (out[:, 10:].argmax(1) == data.y_second).double().mean().item()
     return a1, a2
+
+
+MNIST_MLP_PATH = Path(__file__).resolve().parent.parent / "examples" / "data" / "mnist_mlp.npz"
+
+
+class MnistMLP(nn.Module):
+    """MLP 784-100-100-10 with ReLU, laid out as the checkpoint stores it (``layers.{i}``)."""
+
+    def __init__(self, widths: Sequence[int] = (784, 100, 100, 10)) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b, dtype=torch.float64) for a, b in zip(widths[:-1], widths[1:])
+        )
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = self.relu(x)
+        return x
+
+
+def load_mnist_mlp(path: str | os.PathLike[str] | None = None) -> MnistMLP:
+    """The pretrained MNIST MLP of ``examples/data/mnist_mlp.npz`` (no pickle involved)."""
+    path = MNIST_MLP_PATH if path is None else Path(path)
+    with np.load(path, allow_pickle=False) as weights:
+        state = {k: torch.from_numpy(weights[k].astype(np.float64)) for k in weights.files}
+    model = MnistMLP()
+    model.load_state_dict(state)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def digits_as_mnist() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8×8 digits as 28×28 MNIST-like images: ``x (1797, 784)`` in [0, 1], ``y``."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = digits.images / 16.0
+    big = images.repeat(3, axis=1).repeat(3, axis=2)  # 24×24
+    padded = np.pad(big, ((0, 0), (2, 2), (2, 2)))
+    return torch.tensor(padded.reshape(-1, 784)), torch.tensor(digits.target)
