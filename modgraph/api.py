@@ -184,7 +184,6 @@ def module_result(graph: InteractionGraph, partition: Partition) -> ModuleResult
     """Wrap a graph and a partition of it into a :class:`ModuleResult`."""
     ids = graph.node_ids
     membership = dict(zip(ids, partition.membership.tolist()))
-    assert graph.bases is not None
     return ModuleResult(
         modules=partition.modules,
         membership=membership,
@@ -195,7 +194,7 @@ def module_result(graph: InteractionGraph, partition: Partition) -> ModuleResult
         resolution=partition.resolution,
         seed=partition.seed,
         graph=graph.to_networkx(partition.membership),
-        bases=graph.bases,
+        bases=graph.bases if graph.bases is not None else {},
         edges=graph.edges,
         interaction_graph=graph,
         partition=partition,

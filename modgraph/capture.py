@@ -230,6 +230,7 @@ class Plan:
     dims: dict[str, int]
     sections: tuple[Section, ...]
     select_output: Callable[[Any], torch.Tensor] | None
+    input_shape: tuple[int, ...] = ()
 
 
 def _select(output: Any, select_output: Callable[[Any], torch.Tensor] | None) -> torch.Tensor:
@@ -423,6 +424,7 @@ def make_plan(
         dims=dims,
         sections=tuple(sections),
         select_output=select_output,
+        input_shape=tuple(probe.shape[1:]),
     )
 
 
@@ -543,7 +545,14 @@ class Session:
         """Stream the data once (a fresh pass), with a progress bar when enabled."""
         size = batch_size or self.batch_size
         stream = iter_batches(self.data, size, device=self.device, dtype=self.dtype)
-        yield from progress_bar(stream, enabled=self.progress, desc=desc)
+        for index, x in enumerate(progress_bar(stream, enabled=self.progress, desc=desc)):
+            if tuple(x.shape[1:]) != self.plan.input_shape:
+                raise ModgraphValueError(
+                    f"data has inputs of shape {tuple(x.shape)} in batch {index}, but "
+                    f"(batch, {', '.join(map(str, self.plan.input_shape))}) in the first batch: "
+                    "all batches must have the same input shape."
+                )
+            yield x
 
 
 @contextlib.contextmanager

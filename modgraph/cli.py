@@ -63,7 +63,9 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
                 "torch.save(model.state_dict(), path)."
             ) from exc
     if not isinstance(state, dict):
-        raise ModgraphValueError(f"--weights: {str(path)!r} holds a {type(state).__name__}, not a state dict.")
+        raise ModgraphValueError(
+            f"--weights: {str(path)!r} holds a {type(state).__name__}, not a state dict."
+        )
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -78,7 +80,9 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
             f"{shapes}."
         )
     dtype = next(iter(expected.values())).dtype if expected else torch.float32
-    model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()})
+    model.load_state_dict(
+        {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    )
 
 
 def _write_outputs(result: Any, out: Path, *, title: str) -> None:
@@ -88,7 +92,10 @@ def _write_outputs(result: Any, out: Path, *, title: str) -> None:
     from .plot import plot_modules
 
     plot_modules(result, path=out / "modules.png", title=title)
-    logger.info("wrote %s", ", ".join(str(out / n) for n in ("modules.graphml", "modules.json", "modules.png")))
+    logger.info(
+        "wrote %s",
+        ", ".join(str(out / n) for n in ("modules.graphml", "modules.json", "modules.png")),
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -104,7 +111,9 @@ def _demo(args: argparse.Namespace) -> int:
     print(result.summary())
     parity = {result.membership[f"output:{i}"] for i in range(10, 10 + data.n_second_outputs)}
     classes = {result.membership[f"output:{i}"] for i in range(10)}
-    print(f"module(s) of the class outputs: {sorted(classes)}; of the parity outputs: {sorted(parity)}")
+    print(
+        f"module(s) of the class outputs: {sorted(classes)}; of the parity outputs: {sorted(parity)}"
+    )
     _write_outputs(result, Path(args.out), title="Modules of a two-task MLP")
     print(f"wrote {args.out}/modules.graphml, modules.json, modules.png")
     return 0
@@ -114,7 +123,9 @@ def _load_user(args: argparse.Namespace) -> tuple[torch.nn.Module, Any]:
     factory = _import(args.model, "model")
     model = factory()
     if not isinstance(model, torch.nn.Module):
-        raise ModgraphValueError(f"--model {args.model} returned a {type(model).__name__}, not a torch.nn.Module.")
+        raise ModgraphValueError(
+            f"--model {args.model} returned a {type(model).__name__}, not a torch.nn.Module."
+        )
     if args.weights:
         load_weights(model, args.weights)
     data = _import(args.data, "data")()
@@ -148,7 +159,12 @@ def _report(args: argparse.Namespace) -> int:
 
     model, data = _load_user(args)
     report = degeneracy_report(
-        model, data, args.layers, rtol=args.rtol, batch_size=args.batch_size, progress=not args.quiet
+        model,
+        data,
+        args.layers,
+        rtol=args.rtol,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
     )
     print(report)
     if args.out:

@@ -1215,9 +1215,10 @@ def degeneracy_report(
     >>> from modgraph.degeneracy import degeneracy_report
     >>> from modgraph.toy import mlp, obfuscate
     >>> model = obfuscate(mlp([4, 8, 2]), n_duplicate=2, n_dead=1)
-    >>> report = degeneracy_report(model, torch.randn(512, 4, dtype=torch.float64), progress=False)
-    >>> report.unit_set("2").group_sizes, len(report.unit_set("2").dead)
-    ((2, 2), 1)
+    >>> x = torch.randn(512, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    >>> report = degeneracy_report(model, x, progress=False)
+    >>> report.unit_set("2").group_sizes, report.unit_set("2").dead
+    ((2, 2), (10,))
     """
     check_model(model, _WHERE)
     rtol = check_float(rtol, "rtol", _WHERE, low=0.0, high=1.0)

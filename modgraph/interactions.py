@@ -66,7 +66,7 @@ class _LayerTensors:
 
     def __init__(self, basis: InteractionBasis, device: torch.device) -> None:
         def t(a: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(a, dtype=torch.float64, device=device)
+            return torch.tensor(a, dtype=torch.float64, device=device)
 
         self.mean = t(basis.mean)
         self.C = t(basis.C)
@@ -95,6 +95,8 @@ def _elementwise_edges_batch(
         slope += float(w) * elementwise_derivative(section, linear_preactivation(section, point))
     k_next, d_next, k = P.shape[0], P.shape[1], Q.shape[1]
     total = torch.zeros((k_next, k), dtype=torch.float64, device=a.device)
+    if k_next == 0 or k == 0:
+        return total
     rows = max(1, CHUNK_ELEMENTS // max(1, k_next * max(d_next, k)))
     for s, fs in zip(slope.split(rows), f.split(rows)):
         # Γ(x) = P diag(s(x)) Q, for a chunk of rows at once: (b·k', d') @ (d', k)

@@ -64,6 +64,9 @@ def atomic_open(
             "choose a writable folder",
         ) from exc
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
         encoding = None if "b" in mode else "utf-8"
         with open(fd, mode, encoding=encoding) as handle:
             yield handle

@@ -663,8 +663,8 @@ def plot_interactions(
     Columns are the source features (of ``layer``), rows the target features (of the next node
     layer), both sorted by module (module 0 first, features in no module last) and by importance
     within a module. Module boundaries are drawn as thin lines, each module's own block (its
-    sources × its targets) is outlined in the module colour, and coloured strips along the top
-    and the right show the module of every column and row. The colour bar marks ε, below which an
+    sources × its targets) is outlined in the module colour (on a white halo), and coloured strips
+    along the top and the right show the module of every column and row. The colour bar marks ε, below which an
     interaction carries no degeneracy cost.
 
     Artists: one ``AxesImage`` (``E``); one horizontal line per row-group boundary and one vertical
