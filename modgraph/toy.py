@@ -22,9 +22,9 @@ from torch import nn
 __all__ = [
     "MnistMLP",
     "TwoTaskData",
+    "block_diagonal_mlp",
     "digits_as_mnist",
     "load_mnist_mlp",
-    "block_diagonal_mlp",
     "mlp",
     "obfuscate",
     "train_mlp",
