@@ -11,6 +11,7 @@ arXiv 2405.10927 ("Using Degeneracy in the Loss Landscape for Mechanistic Interp
 from .api import ModuleResult, find_modules
 from .basis import InteractionBasis, interaction_basis
 from .cluster import Partition, leiden_modules
+from .degeneracy import DegeneracyReport, LayerDegeneracy, UnitSetDegeneracy, degeneracy_report
 from .errors import ModgraphError, ModgraphTypeError, ModgraphValueError
 from .graph import InteractionGraph
 from .interactions import interaction_graph
@@ -20,15 +21,19 @@ from .modularity import PartitionCost, degeneracy_cost, modularity_score, partit
 __version__ = "0.1.0"
 
 __all__ = [
+    "DegeneracyReport",
     "InteractionBasis",
     "InteractionGraph",
+    "LayerDegeneracy",
     "ModgraphError",
     "ModgraphTypeError",
     "ModgraphValueError",
     "ModuleResult",
     "Partition",
     "PartitionCost",
+    "UnitSetDegeneracy",
     "degeneracy_cost",
+    "degeneracy_report",
     "find_modules",
     "interaction_basis",
     "interaction_graph",

@@ -104,7 +104,7 @@ class InteractionBasis:
     @property
     def gram_rank(self) -> int:
         """Number of covariance directions above tolerance."""
-        return _count_kept(self.gram_eigenvalues, self.rtol)
+        return count_kept(self.gram_eigenvalues, self.rtol)
 
     def transform(self, acts: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Map activations ``(..., d)`` to features ``(..., k)``: ``(a − μ) @ C``.
@@ -128,7 +128,7 @@ class InteractionBasis:
         return f"InteractionBasis(layer={self.layer!r}, d={self.d}, k={self.k})"
 
 
-def _count_kept(eigenvalues: np.ndarray, rtol: float) -> int:
+def count_kept(eigenvalues: np.ndarray, rtol: float) -> int:
     if eigenvalues.size == 0 or eigenvalues[0] <= 0:
         return 0
     return int(np.sum(eigenvalues > rtol * eigenvalues[0]))
@@ -210,7 +210,7 @@ class Statistics:
         return next(iter(self.moments.values())).n
 
 
-def _check_finite(name: str, a: torch.Tensor, batch: int) -> None:
+def check_finite(name: str, a: torch.Tensor, batch: int) -> None:
     if not bool(torch.isfinite(a).all()):
         bad = int((~torch.isfinite(a)).sum())
         raise ModgraphValueError(
@@ -219,7 +219,7 @@ def _check_finite(name: str, a: torch.Tensor, batch: int) -> None:
         )
 
 
-def _check_width(name: str, a: torch.Tensor, d: int, batch: int) -> None:
+def check_width(name: str, a: torch.Tensor, d: int, batch: int) -> None:
     if a.ndim != 2 or a.shape[1] != d:
         raise ModgraphValueError(
             f"node layer {name!r} has shape {tuple(a.shape)} in batch {batch}, but "
@@ -241,8 +241,8 @@ def accumulate_statistics(
             acts = sess.tracer.run(x, record=plan.names)
             for name in plan.names:
                 a = acts[name]
-                _check_width(name, a, plan.dims[name], b)
-                _check_finite(name, a, b)
+                check_width(name, a, plan.dims[name], b)
+                check_finite(name, a, b)
                 if name not in moments:
                     moments[name] = Moments.start(a)
                 moments[name].add(a)

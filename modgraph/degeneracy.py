@@ -42,9 +42,9 @@ from torch import nn
 from ._validate import check_dtype, check_float, check_int, check_model
 from .basis import (
     Moments,
-    _check_finite,
-    _check_width,
-    _count_kept,
+    check_finite,
+    check_width,
+    count_kept,
     covariance_cut,
     global_jacobian_grams,
 )
@@ -575,7 +575,6 @@ class _Firing:
     linear: nn.Linear
     kind: str  # "relu", "leaky" or "relu6"
     label: str
-    slope_off: float
     functional: bool
     matched: bool = True
     n: int = 0
@@ -623,17 +622,16 @@ class _Firing:
         self.n += z.shape[0]
 
 
-def _relu_like(act: nn.Module) -> tuple[str, str, float] | None:
-    """(kind, label, slope where off) of a ReLU-like module, else None."""
+def _relu_like(act: nn.Module) -> tuple[str, str] | None:
+    """(kind, label) of a ReLU-like module, else None. A LeakyReLU with slope α ≠ 0 is linear
+    (slope α) where it is off, so a unit never on is linear, not dead."""
     if type(act) is nn.ReLU:
-        return "relu", "ReLU", 0.0
+        return "relu", "ReLU"
     if type(act) is nn.ReLU6:
-        return "relu6", "ReLU6", 0.0
+        return "relu6", "ReLU6"
     if type(act) is nn.LeakyReLU:
         slope = float(act.negative_slope)
-        if slope == 0.0:
-            return "relu", "LeakyReLU(0)", 0.0
-        return "leaky", f"LeakyReLU({slope:g})", slope
+        return ("relu", "LeakyReLU(0)") if slope == 0.0 else ("leaky", f"LeakyReLU({slope:g})")
     return None
 
 
@@ -688,11 +686,11 @@ def _plan_unit_sets(sess: Session) -> list[_SetPlan]:
                     )
                 )
                 continue
-            firing = _Firing(s, src_module, kind[0], kind[1], kind[2], functional=False)
+            firing = _Firing(s, src_module, kind[0], kind[1], functional=False)
             out.append(_SetPlan(s, src_module, kind[1], "firing", firing=firing))
             continue
         # Not matched to an activation module: maybe a functional relu (checked on every batch).
-        firing = _Firing(s, src_module, "relu", "relu (functional)", 0.0, functional=True)
+        firing = _Firing(s, src_module, "relu", "relu (functional)", functional=True)
         out.append(_SetPlan(s, src_module, "relu (functional)", "firing", firing=firing))
     return out
 
@@ -707,8 +705,8 @@ def _first_pass(sess: Session, sets: list[_SetPlan]) -> dict[str, Moments]:
             acts = sess.tracer.run(x, record=plan.names)
             for name in plan.names:
                 a = acts[name]
-                _check_width(name, a, plan.dims[name], b)
-                _check_finite(name, a, b)
+                check_width(name, a, plan.dims[name], b)
+                check_finite(name, a, b)
                 if name not in moments:
                     moments[name] = Moments.start(a)
                 moments[name].add(a)
@@ -776,8 +774,12 @@ class _Span:
         return int(self.Qc.shape[1])
 
 
-def _span(moments: Moments, rtol: float, bias: bool) -> _Span:
-    _, U_t, _ = covariance_cut(moments, rtol)
+#: ``covariance_cut`` of a node layer: (all eigenvalues, kept U (d, r), kept D (r,)).
+_Cut = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _span(moments: Moments, cut: _Cut, rtol: float, bias: bool) -> _Span:
+    _, U_t, _ = cut
     U = U_t.detach().cpu().numpy().astype(np.float64)
     mu = moments.mean.detach().cpu().numpy().astype(np.float64)
     d, r = U.shape
@@ -867,6 +869,7 @@ def _components(on: np.ndarray, co: np.ndarray, units: np.ndarray, tol: int) -> 
 class _Context:
     sess: Session
     moments: dict[str, Moments]
+    cuts: dict[str, _Cut]
     spans: dict[str, _Span]
     grams: dict[str, np.ndarray]
     rtol: float
@@ -1076,7 +1079,7 @@ def _eigvals_desc(m: np.ndarray) -> np.ndarray:
 def _layer_entry(ctx: _Context, name: str, writer: Section | None) -> LayerDegeneracy:
     plan = ctx.sess.plan
     d = plan.dims[name]
-    gram_eigenvalues, _, kept = covariance_cut(ctx.moments[name], ctx.rtol)
+    gram_eigenvalues, _, kept = ctx.cuts[name]
     r_G = int(kept.numel())
     if name == OUTPUT:
         reader, reader_width = None, None
@@ -1090,7 +1093,7 @@ def _layer_entry(ctx: _Context, name: str, writer: Section | None) -> LayerDegen
             span = ctx.spans[name]
             free1 = reader_width * (d + int(span.bias) - span.s)
         jacobian = _eigvals_desc(ctx.grams[name])
-    r_M = _count_kept(jacobian, ctx.rtol)
+    r_M = count_kept(jacobian, ctx.rtol)
 
     free2: int | None = None
     if writer is None:
@@ -1251,13 +1254,14 @@ def degeneracy_report(
         }
         n = moments[OUTPUT].n
         tol_points = hamming if isinstance(hamming, int) else math.floor(hamming * n)
+        cuts = {name: covariance_cut(moments[name], rtol) for name in plan.names}
         spans = {}
         for name in plan.names[:-1]:
             module = plan.modules[name]
             if _is_plain_linear(module):
                 assert isinstance(module, nn.Linear)
-                spans[name] = _span(moments[name], rtol, bias=module.bias is not None)
-        ctx = _Context(sess, moments, spans, grams, rtol, tol_points)
+                spans[name] = _span(moments[name], cuts[name], rtol, module.bias is not None)
+        ctx = _Context(sess, moments, cuts, spans, grams, rtol, tol_points)
         probe = _probe(sess)
         for p in sets:
             measured = p.status == "linear" or (p.firing is not None and p.firing.matched)
