@@ -189,7 +189,10 @@ def elementwise_derivative(section: Section, z: torch.Tensor) -> torch.Tensor:
     act = section.activation
     if act is None or isinstance(act, (nn.Identity, nn.Dropout)):
         return torch.ones_like(z)
-    _, slope = torch.func.jvp(act, (z,), (torch.ones_like(z),))
+    with torch.enable_grad():
+        point = z.detach().requires_grad_(True)
+        # elementwise: the gradient of Σ σ(z) is σ'(z); the clone lets in-place modules run
+        (slope,) = torch.autograd.grad(act(point.clone()).sum(), point)
     return slope
 
 
