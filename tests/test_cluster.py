@@ -51,13 +51,12 @@ def test_modules_are_numbered_by_size_and_scored_consistently():
 
 
 def test_n_modules_bisects_the_resolution():
-    G, _ = planted(0.3, 1)
-    for target in (4, 10, 14):
-        part = leiden_modules(G, n_modules=target, n_restarts=2)
-        assert len(part.modules) == target
-    low = leiden_modules(G, n_modules=4, n_restarts=2).resolution
-    high = leiden_modules(G, n_modules=14, n_restarts=2).resolution
-    assert low < 1.0 < high
+    G = nx.random_partition_graph([50] * 8, 12 / 49, 4 / 350, seed=1)
+    low = leiden_modules(G, n_modules=3, n_restarts=2)
+    exact = leiden_modules(G, n_modules=8, n_restarts=2)
+    high = leiden_modules(G, n_modules=12, n_restarts=2)
+    assert [len(p.modules) for p in (low, exact, high)] == [3, 8, 12]
+    assert low.resolution < 1.0 < high.resolution
 
 
 def test_n_modules_impossible_says_so():
