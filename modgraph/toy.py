@@ -33,9 +33,17 @@ __all__ = [
 
 
 def mlp(
-    widths: Sequence[int], activation: type[nn.Module] = nn.ReLU, *, seed: int = 0
+    widths: Sequence[int],
+    activation: type[nn.Module] = nn.ReLU,
+    *,
+    seed: int = 0,
+    linear_at: Sequence[int] = (),
 ) -> nn.Sequential:
-    """``Linear → activation → ... → Linear`` with the given widths, float64, seeded."""
+    """``Linear → activation → ... → Linear`` with the given widths, float64, seeded.
+
+    Hidden layers listed in ``linear_at`` (1 = the first hidden layer) get no activation, so a
+    Linear→Linear junction sits there.
+    """
     gen = torch.Generator().manual_seed(seed)
     layers: list[nn.Module] = []
     for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:])):
@@ -45,7 +53,7 @@ def mlp(
             lin.weight.uniform_(-bound, bound, generator=gen)
             lin.bias.uniform_(-bound, bound, generator=gen)
         layers.append(lin)
-        if i < len(widths) - 2:
+        if i < len(widths) - 2 and i + 1 not in linear_at:
             layers.append(activation())
     return nn.Sequential(*layers)
 
@@ -114,16 +122,23 @@ def obfuscate(
 
 
 def block_diagonal_mlp(
-    blocks: Sequence[Sequence[int]], activation: type[nn.Module] = nn.ReLU, *, seed: int = 0
+    blocks: Sequence[Sequence[int]],
+    activation: type[nn.Module] = nn.ReLU,
+    *,
+    seed: int = 0,
+    linear_at: Sequence[int] = (),
 ) -> nn.Sequential:
     """An MLP made of independent sub-networks: block ``b`` has widths ``blocks[b]`` and reads
-    only its own slice of the input; the weights are block-diagonal."""
+    only its own slice of the input; the weights are block-diagonal. ``linear_at`` as in
+    :func:`mlp`."""
     depth = len(blocks[0])
     if any(len(b) != depth for b in blocks):
         raise ValueError("every block needs the same number of widths")
-    subnets = [mlp(b, activation, seed=seed + 17 * k) for k, b in enumerate(blocks)]
+    subnets = [
+        mlp(b, activation, seed=seed + 17 * k, linear_at=linear_at) for k, b in enumerate(blocks)
+    ]
     widths = [sum(b[i] for b in blocks) for i in range(depth)]
-    model = mlp(widths, activation, seed=seed)
+    model = mlp(widths, activation, seed=seed, linear_at=linear_at)
     for li in _linears(model):
         W = torch.block_diag(*[s[li].weight.detach() for s in subnets])
         bias = torch.cat([s[li].bias.detach() for s in subnets])

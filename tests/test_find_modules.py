@@ -19,8 +19,12 @@ N1, N2 = 50, 40
 
 @pytest.fixture(scope="module")
 def planted():
-    model = block_diagonal_mlp([[5, 12, 10, 3], [4, 12, 10, 2]], seed=0)
+    # hidden layer 2 feeds the next Linear directly: a junction where obfuscate applies a dense
+    # invertible map that mixes the units of both blocks
+    model = block_diagonal_mlp([[5, 12, 10, 8, 3], [4, 12, 10, 8, 2]], seed=0, linear_at=(2,))
     twin = obfuscate(model, seed=1, n_duplicate=2, n_dead=2)
+    after = twin[3].weight.detach()  # reads the junction through R⁻¹ (2 dead rows of zeros added)
+    assert (after.abs() > 1e-9).double().mean() > 0.85  # dense (block-diagonal would be ≤ 0.5)
     x = product_data(N1, N2, 5, 4, seed=3)
     with torch.no_grad():
         torch.testing.assert_close(twin(x), model(x), rtol=1e-10, atol=1e-10)
@@ -40,7 +44,8 @@ def test_planted_modules_are_pure(planted):
     m = result.partition.membership
     assert result.n_modules >= 2
     assert homogeneity_score(truth[m >= 0], m[m >= 0]) >= 0.99
-    assert result.cross_fraction < 1e-9
+    src, dst, cost = result.interaction_graph.undirected_edges("cost")
+    assert cost[truth[src] != truth[dst]].sum() < 1e-9 * cost.sum()  # no cost between blocks
 
 
 def test_obfuscated_copy_has_the_same_modules(planted):
