@@ -98,6 +98,15 @@ def check_model(model: Any, where: str) -> torch.nn.Module:
     return model
 
 
+def check_progress(value: Any, where: str) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise ModgraphTypeError(
+            f"The 'progress' parameter of {where} must be True, False or None (bars when stderr "
+            f"is a terminal). Got {_got(value)}."
+        )
+    return value
+
+
 def check_dtype(value: Any, where: str, *, allow_none: bool = True) -> torch.dtype | None:
     if value is None and allow_none:
         return None

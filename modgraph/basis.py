@@ -113,8 +113,8 @@ class InteractionBasis:
         """
         if isinstance(acts, torch.Tensor):
             dtype = acts.dtype if acts.is_floating_point() else torch.float64
-            mean = torch.as_tensor(self.mean, dtype=dtype, device=acts.device)
-            C = torch.as_tensor(self.C, dtype=dtype, device=acts.device)
+            mean = torch.tensor(self.mean, dtype=dtype, device=acts.device)
+            C = torch.tensor(self.C, dtype=dtype, device=acts.device)
             return (acts.to(dtype) - mean) @ C
         acts = np.asarray(acts, dtype=np.float64)
         if acts.shape[-1] != self.d:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._validate import check_progress
 from .errors import ModgraphTypeError, ModgraphValueError
 
 __all__ = [
@@ -570,6 +571,7 @@ def session(
 ) -> Iterator[Session]:
     """Prepare ``model`` for analysis; restore it on exit, whatever happens inside."""
     check_data(data, where)
+    check_progress(progress, where)
     if output is not None and not callable(output):
         raise ModgraphTypeError(
             f"The 'output' parameter of {where} must be a callable that maps the model's return "

@@ -229,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # e.g. `modgraph run ... | head`: the reader left, nothing to report
+        return 0
     except (ModgraphError, OSError) as exc:
         print(f"modgraph {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -179,9 +179,16 @@ def _bisect(
     m, q, c = evaluate(gamma)
     if c < n_modules:  # too few modules: raise γ until the count reaches n_modules
         while c < n_modules and hi < 1e8:
+            previous = c
             lo, hi = hi, hi * 4
             gamma = hi
             m, q, c = evaluate(gamma)
+            if c < previous:  # past the peak: modules now dissolve into single features
+                raise ModgraphValueError(
+                    f"n_modules={n_modules} is out of reach: raising the resolution gives at most "
+                    f"{max(seen.values())} modules of two or more features before they dissolve "
+                    f"into single features (counts: {sorted(seen.items())}). Ask for fewer."
+                )
     else:  # too many: lower γ
         while c > n_modules and lo > 1e-8:
             hi, lo = lo, lo / 4
@@ -197,7 +204,10 @@ def _bisect(
         lo, hi = (mid, hi) if c < n_modules else (lo, mid)
         if hi / lo < 1 + 1e-9:
             break
-    counts = ", ".join(f"γ={g:.4g}: {k}" for g, k in sorted(seen.items()))
+    items = sorted(seen.items())
+    if len(items) > 8:
+        items = items[:4] + items[-4:]
+    counts = ", ".join(f"γ={g:.4g}: {k}" for g, k in items)
     raise ModgraphValueError(
         f"n_modules={n_modules} is impossible to reach by changing the resolution: the number "
         f"of modules jumps over it ({counts}). Ask for a neighbouring number of modules."

@@ -320,10 +320,12 @@ def interaction_graph(
     validate_graph_options(_WHERE, n_alpha=n_alpha, epsilon=epsilon, tau=tau)
     if bases is not None:
         names = check_bases(bases, _WHERE)
-        if layers is not None and list(layers) != names[: len(list(layers))]:
-            raise ModgraphValueError(
-                f"layers={list(layers)} disagrees with the layers of bases {names}; pass one."
-            )
+        if layers is not None:
+            given = list(layers)
+            if given not in (names, names[:-1]):
+                raise ModgraphValueError(
+                    f"layers={given} disagrees with the layers of bases {names}; pass one of them."
+                )
         layers = names
     with session(
         model,

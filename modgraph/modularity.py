@@ -200,7 +200,7 @@ def modularity_score(
     weight : {"cost", "weight", "sqrt_weight"}
         ``"cost"`` (default): ``Q_deg`` on degeneracy costs. For comparison, plain Newman
         modularity on the raw strengths ``E`` (``"weight"``) or on ``√E`` (``"sqrt_weight"``),
-        over edges above the graph's ``min_weight``.
+        over the edges that carry cost (``E > ε``).
 
     Returns
     -------

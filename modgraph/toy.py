@@ -151,9 +151,9 @@ def block_diagonal_mlp(
 @dataclass(frozen=True)
 class TwoTaskData:
     """Inputs ``x (N, 64 + 16)``: a digit image (8×8) and a second digit downsampled to 4×4;
-    targets: ``y_class (N,)`` the class of the first, ``y_parity (N,)`` the parity of the second.
+    targets: ``y_first (N,)`` the class of the first, ``y_second (N,)`` the parity of the second.
     ``same_task=True`` replaces the second input by a full 8×8 digit and its target by its class
-    (the identical-task limitation); ``one_task=True`` makes both targets depend on the first digit
+    (the identical-task limitation; then ``x (N, 128)``); ``one_task=True`` makes both targets depend on the first digit
     (the non-modular control)."""
 
     x: torch.Tensor
