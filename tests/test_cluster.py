@@ -67,6 +67,9 @@ def test_n_modules_impossible_says_so():
         leiden_modules(two, n_modules=11)
     with pytest.raises(ValueError, match="at most 5 modules"):
         leiden_modules(two, n_modules=6)
+    path = nx.path_graph(6)
+    with pytest.raises(ValueError, match="out of reach.*at most 2 modules"):
+        leiden_modules(path, n_modules=3)
 
 
 def test_isolated_graph_gives_no_modules():
