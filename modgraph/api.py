@@ -16,11 +16,10 @@ import torch
 from torch import nn
 
 from ._validate import check_float, check_int, check_model, check_seed
-from .basis import InteractionBasis, accumulate_statistics, fit_bases, validate_basis_options
-from .capture import session
+from .basis import InteractionBasis
 from .cluster import Partition, leiden_modules
 from .graph import InteractionGraph
-from .interactions import build_graph, compute_edges, validate_graph_options
+from .interactions import compute_graph
 from .io import write_json
 
 if TYPE_CHECKING:
@@ -273,44 +272,30 @@ def find_modules(
     True
     """
     check_model(model, _WHERE)
-    validate_basis_options(
-        _WHERE,
+    check_float(resolution, "resolution", _WHERE, low=0.0)
+    check_int(n_restarts, "n_restarts", _WHERE, minimum=1)
+    check_int(n_modules, "n_modules", _WHERE, minimum=1, allow_none=True)
+    check_seed(seed, _WHERE)
+    graph = compute_graph(
+        model,
+        data,
+        None,
+        layers=layers,
+        n_alpha=n_alpha,
+        epsilon=epsilon,
+        tau=tau,
         variant=variant,
         rtol=rtol,
         batch_size=batch_size,
         n_random_sources=n_random_sources,
         dtype=dtype,
-        seed=seed,
-        output_basis=output_basis,
-    )
-    validate_graph_options(_WHERE, n_alpha=n_alpha, epsilon=epsilon, tau=tau)
-    check_float(resolution, "resolution", _WHERE, low=0.0)
-    check_int(n_restarts, "n_restarts", _WHERE, minimum=1)
-    check_int(n_modules, "n_modules", _WHERE, minimum=1, allow_none=True)
-    check_seed(seed, _WHERE)
-    with session(
-        model,
-        data,
-        layers,
-        batch_size=batch_size,
-        dtype=dtype,
         device=device,
         output=output,
+        output_basis=output_basis,
+        seed=seed,
         progress=progress,
         where=_WHERE,
-    ) as sess:
-        stats = accumulate_statistics(sess, coactivation=variant == "local")
-        bases = fit_bases(
-            sess,
-            stats,
-            variant=variant,
-            rtol=rtol,
-            n_sources=n_random_sources,
-            seed=seed,
-            output_basis=output_basis,
-        )
-        edges = compute_edges(sess, bases, n_alpha=n_alpha)
-    graph = build_graph(bases, edges, epsilon=epsilon, tau=tau, n_alpha=n_alpha)
+    )
     partition = leiden_modules(
         graph, resolution=resolution, seed=seed, n_restarts=n_restarts, n_modules=n_modules
     )

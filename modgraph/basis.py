@@ -20,6 +20,7 @@ elementwise σ use the exact shortcut ``M' = Wᵀ (A ∘ E[σ'(z) σ'(z)ᵀ]) W`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -34,7 +35,7 @@ from ._validate import check_choice, check_dtype, check_float, check_int, check_
 from .capture import OUTPUT, Section, Session, session
 from .errors import ModgraphValueError
 
-__all__ = ["InteractionBasis", "interaction_basis"]
+__all__ = ["BasisOptions", "InteractionBasis", "interaction_basis"]
 
 logger = logging.getLogger("modgraph")
 
@@ -602,25 +603,60 @@ def fit_bases(
 _WHERE = "interaction_basis"
 
 
-def validate_basis_options(
-    where: str,
-    *,
-    variant: Any,
-    rtol: Any,
-    batch_size: Any,
-    n_random_sources: Any,
-    dtype: Any,
-    seed: Any,
-    output_basis: Any,
-) -> None:
-    """Checks shared by every function that computes bases (before any expensive work)."""
-    check_choice(variant, "variant", where, ("local", "global"))
-    check_float(rtol, "rtol", where, low=0.0, high=1.0)
-    check_int(batch_size, "batch_size", where, minimum=1)
-    check_int(n_random_sources, "n_random_sources", where, minimum=1, allow_none=True)
-    check_dtype(dtype, where)
-    check_seed(seed, where)
-    check_choice(output_basis, "output_basis", where, ("identity", "pca"))
+@dataclass(frozen=True)
+class BasisOptions:
+    """The options shared by every function that computes bases, validated once."""
+
+    variant: str = "local"
+    rtol: float = 1e-10
+    batch_size: int = 256
+    n_random_sources: int | None = None
+    dtype: torch.dtype | None = torch.float64
+    device: torch.device | str | None = None
+    output: Callable[[Any], torch.Tensor] | None = None
+    output_basis: str = "identity"
+    seed: int = 0
+    progress: bool | None = None
+
+    def check(self, where: str) -> BasisOptions:
+        """Validate every option (before any expensive work); returns self."""
+        check_choice(self.variant, "variant", where, ("local", "global"))
+        check_float(self.rtol, "rtol", where, low=0.0, high=1.0)
+        check_int(self.batch_size, "batch_size", where, minimum=1)
+        check_int(self.n_random_sources, "n_random_sources", where, minimum=1, allow_none=True)
+        check_dtype(self.dtype, where)
+        check_seed(self.seed, where)
+        check_choice(self.output_basis, "output_basis", where, ("identity", "pca"))
+        return self
+
+    def session(
+        self, model: nn.Module, data: Any, layers: Iterable[str] | None, where: str
+    ) -> contextlib.AbstractContextManager[Session]:
+        """Prepare ``model`` for analysis (see :func:`modgraph.capture.session`)."""
+        return session(
+            model,
+            data,
+            layers,
+            batch_size=self.batch_size,
+            dtype=self.dtype,
+            device=self.device,
+            output=self.output,
+            progress=self.progress,
+            where=where,
+        )
+
+    def fit(self, sess: Session) -> dict[str, InteractionBasis]:
+        """The statistics pass, then every basis from the output backwards."""
+        stats = accumulate_statistics(sess, coactivation=self.variant == "local")
+        return fit_bases(
+            sess,
+            stats,
+            variant=self.variant,
+            rtol=self.rtol,
+            n_sources=self.n_random_sources,
+            seed=self.seed,
+            output_basis=self.output_basis,
+        )
 
 
 def interaction_basis(
@@ -705,34 +741,17 @@ def interaction_basis(
     ['0', '2', 'output']
     """
     check_model(model, _WHERE)
-    validate_basis_options(
-        _WHERE,
+    options = BasisOptions(
         variant=variant,
         rtol=rtol,
         batch_size=batch_size,
         n_random_sources=n_random_sources,
         dtype=dtype,
-        seed=seed,
-        output_basis=output_basis,
-    )
-    with session(
-        model,
-        data,
-        layers,
-        batch_size=batch_size,
-        dtype=dtype,
         device=device,
         output=output,
+        output_basis=output_basis,
+        seed=seed,
         progress=progress,
-        where=_WHERE,
-    ) as sess:
-        stats = accumulate_statistics(sess, coactivation=variant == "local")
-        return fit_bases(
-            sess,
-            stats,
-            variant=variant,
-            rtol=rtol,
-            n_sources=n_random_sources,
-            seed=seed,
-            output_basis=output_basis,
-        )
+    ).check(_WHERE)
+    with options.session(model, data, layers, _WHERE) as sess:
+        return options.fit(sess)

@@ -68,7 +68,7 @@ def test_n_modules_impossible_says_so():
     with pytest.raises(ValueError, match="at most 5 modules"):
         leiden_modules(two, n_modules=6)
     path = nx.path_graph(6)
-    with pytest.raises(ValueError, match="out of reach.*at most 2 modules"):
+    with pytest.raises(ValueError, match=r"out of reach.*at most 2 modules"):
         leiden_modules(path, n_modules=3)
 
 
