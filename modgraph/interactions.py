@@ -28,7 +28,6 @@ from torch import nn
 
 from ._validate import check_float, check_int, check_model
 from .basis import (
-    CHUNK_ELEMENTS,
     BasisOptions,
     InteractionBasis,
     chunk_rows,
@@ -43,6 +42,9 @@ from .graph import InteractionGraph
 __all__ = ["default_epsilon", "interaction_graph", "quadrature"]
 
 logger = logging.getLogger("modgraph")
+
+#: Elements of the per-sample edge products built at once (about 8 MB: stays in cache).
+CACHE_ELEMENTS = 2**20
 
 
 def quadrature(n_alpha: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,12 +96,15 @@ def _elementwise_edges_batch(
     total = torch.zeros((k_next, k), dtype=torch.float64, device=a.device)
     if k_next == 0 or k == 0:
         return total
-    rows = max(1, CHUNK_ELEMENTS // max(1, k_next * max(d_next, k)))
-    for s, fs in zip(slope.split(rows), f.split(rows)):
-        # Γ(x) = P diag(s(x)) Q, for a chunk of rows at once: (b·k', d') @ (d', k)
+    # Small chunks keep the per-sample products in cache, so the elementwise work after the
+    # matrix product costs little (measured: 65 % → ~100 % of the GEMM rate at 8 rows).
+    rows = max(1, CACHE_ELEMENTS // max(1, k_next * max(d_next, k)))
+    for s, f2 in zip(slope.split(rows), f.square().split(rows)):
+        # Γ(x) = P diag(s(x)) Q for a chunk of rows at once: (b·k', d') @ (d', k)
         gamma = ((P[None] * s[:, None, :]).reshape(-1, d_next) @ Q).reshape(-1, k_next, k)
-        gamma *= fs[:, None, :]
-        total += torch.einsum("bij,bij->ij", gamma, gamma)
+        gamma.square_()
+        gamma *= f2[:, None, :]
+        total += gamma.sum(0)
     return total
 
 
@@ -149,8 +154,9 @@ def _autograd_edges(
         assert a is not None
         f = (a.to(torch.float64) - src.mean) @ src.C  # (B, k)
         gamma = grad @ src.C_pinv.T  # (k', B, k)
-        gamma *= f[None]
-        total += torch.einsum("ibj,ibj->ij", gamma, gamma)
+        gamma.square_()
+        gamma *= f.square()[None]
+        total += gamma.sum(1)
     return total / max(count, 1)
 
 
