@@ -154,7 +154,6 @@ class Moments:
     shift: torch.Tensor
     total: torch.Tensor
     outer: torch.Tensor
-    square_norm: float = 0.0
     n: int = 0
 
     @classmethod
@@ -171,8 +170,13 @@ class Moments:
         c = a.to(torch.float64) - self.shift
         self.total += c.sum(0)
         self.outer += c.T @ c
-        self.square_norm += float(a.to(torch.float64).square().sum())
         self.n += a.shape[0]
+
+    @property
+    def square_norm(self) -> float:
+        """``Σ ‖a‖²`` over the samples, from the shifted sums (no extra pass)."""
+        shift = self.shift
+        return float(torch.trace(self.outer) + 2 * shift @ self.total + self.n * shift @ shift)
 
     @property
     def mean(self) -> torch.Tensor:
@@ -197,6 +201,22 @@ def elementwise_derivative(section: Section, z: torch.Tensor) -> torch.Tensor:
     return slope
 
 
+def slope_from_output(section: Section, out: torch.Tensor) -> torch.Tensor | None:
+    """``σ'(z)`` read off ``σ(z)`` itself where σ allows it (ReLU family, Tanh, Sigmoid), so the
+    pre-activation need not be recomputed; ``None`` otherwise."""
+    act = section.activation
+    if type(act) is nn.ReLU:
+        return (out > 0).to(out.dtype)
+    if type(act) is nn.LeakyReLU:
+        ones = torch.ones_like(out)
+        return torch.where(out > 0, ones, ones * act.negative_slope)
+    if type(act) is nn.Tanh:
+        return 1 - out.square()
+    if type(act) is nn.Sigmoid:
+        return out * (1 - out)
+    return None
+
+
 def linear_preactivation(section: Section, a: torch.Tensor) -> torch.Tensor:
     assert section.linear is not None
     return torch.nn.functional.linear(a, section.linear.weight, section.linear.bias)
@@ -215,8 +235,10 @@ class Statistics:
 
 
 def check_finite(name: str, a: torch.Tensor, batch: int) -> None:
-    if not bool(torch.isfinite(a).all()):
-        bad = int((~torch.isfinite(a)).sum())
+    if bool(torch.isfinite(a.sum())):  # one reduction; the exact count only when it fails
+        return
+    bad = int((~torch.isfinite(a)).sum())
+    if bad:
         raise ModgraphValueError(
             f"node layer {name!r} has {bad} NaN/Inf activation values in batch {batch}. Remove "
             "non-finite inputs, or check the model's numerics (e.g. overflow in float16)."
@@ -251,7 +273,9 @@ def accumulate_statistics(
                     moments[name] = Moments.start(a)
                 moments[name].add(a)
             for s in need:
-                slope = elementwise_derivative(s, linear_preactivation(s, acts[s.source]))
+                slope = slope_from_output(s, acts[s.target])
+                if slope is None:
+                    slope = elementwise_derivative(s, linear_preactivation(s, acts[s.source]))
                 slope = slope.to(torch.float64)
                 gram = slope.T @ slope
                 coact[s.source] = coact[s.source] + gram if s.source in coact else gram

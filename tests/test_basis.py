@@ -234,3 +234,20 @@ def test_input_confined_to_subspace_gives_rank():
     x = correlated_inputs(200, 3, seed=1) @ torch.randn(3, 6, dtype=torch.float64)
     bases = interaction_basis(mlp([6, 8, 3], seed=0), x, progress=False)
     assert bases["0"].gram_rank == 3 and bases["0"].k == 3
+
+
+@pytest.mark.parametrize("activation", [nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.ReLU6, nn.SiLU])
+def test_each_elementwise_activation_matches_brute_force(activation):
+    from tests.zoo import sequential_sections
+
+    model = mlp([5, 9, 7, 3], activation, seed=6)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)  # reach the nonlinear regions (and ReLU6's upper kink)
+    x = correlated_inputs(250, 5, seed=7)
+    plan = make_plan(model, x[:4], None, None, "test")
+    assert all(s.elementwise for s in plan.sections)
+    bases = interaction_basis(model, x, progress=False)
+    ref = brute_basis(x, sequential_sections(model))
+    for b, r in zip(bases.values(), ref):
+        np.testing.assert_allclose(b.eigenvalues, r["eigenvalues"], rtol=1e-8)
