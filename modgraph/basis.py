@@ -394,11 +394,17 @@ def local_jacobian_gram(
     *,
     n_sources: int | None,
     gen: torch.Generator | None,
+    project: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``M' = E[Jᵀ A J]`` with ``J = ∂a_{l+1}/∂a_l``, ``A = C_{l+1} C_{l+1}ᵀ``, by batched VJPs."""
+    """``M' = E[Jᵀ A J]`` with ``J = ∂a_{l+1}/∂a_l``, ``A = C_{l+1} C_{l+1}ᵀ``, by batched VJPs.
+
+    With ``project (d, r)``, returns ``projectᵀ M' project`` (r, r) instead, accumulated from
+    the projected VJPs: cheaper when ``r < d/2`` (activations confined to a subspace).
+    """
     d = sess.plan.dims[section.source]
     d_next = sess.plan.dims[section.target]
-    gram = torch.zeros((d, d), dtype=torch.float64, device=sess.device)
+    width = d if project is None else project.shape[1]
+    gram = torch.zeros((width, width), dtype=torch.float64, device=sess.device)
     n_vec = n_sources or basis_next.shape[1]
     if n_vec == 0:
         return gram
@@ -411,6 +417,8 @@ def local_jacobian_gram(
         n += a.shape[0]
         if grads is not None:
             g = grads.reshape(-1, d).to(torch.float64)
+            if project is not None:
+                g = g @ project
             gram += g.T @ g
     return gram / n
 
@@ -500,14 +508,14 @@ def covariance_cut(
 def fit_layer(
     name: str,
     moments: Moments,
-    jacobian_gram: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    jacobian_gram: Callable[[torch.Tensor], torch.Tensor],
     *,
     rtol: float,
     variant: str,
 ) -> tuple[InteractionBasis, torch.Tensor]:
     """Interaction basis of one hidden node layer; returns it and ``C`` as a float64 tensor.
 
-    ``jacobian_gram(U, D)`` returns ``M'`` (d, d) in activation coordinates.
+    ``jacobian_gram(U D^{1/2})`` returns ``M = D^{1/2} Uᵀ M' U D^{1/2}`` (r, r).
     """
     gram_eigenvalues, U, D = covariance_cut(moments, rtol)
     sqrt_d = D.sqrt()
@@ -516,9 +524,7 @@ def fit_layer(
         V = torch.zeros((0, 0), dtype=torch.float64, device=U.device)
         lam = M_eig
     else:
-        Mprime = jacobian_gram(U, D)
-        half = U * sqrt_d  # U D^{1/2}
-        M = half.T @ Mprime @ half
+        M = jacobian_gram(U * sqrt_d)  # U D^{1/2}
         M_eig, V = _eigh_desc(M)
         top = float(M_eig[0])
         keep = M_eig > rtol * top if top > 0 else torch.zeros_like(M_eig, dtype=torch.bool)
@@ -599,18 +605,21 @@ def fit_bases(
         name = section.source
 
         def jacobian_gram(
-            U: torch.Tensor,
-            D: torch.Tensor,
-            section: Section = section,
-            C_next: torch.Tensor = C_next,
+            half: torch.Tensor, section: Section = section, C_next: torch.Tensor = C_next
         ) -> torch.Tensor:
             if global_grams is not None:
-                return global_grams[section.source]
-            if section.elementwise:
-                return elementwise_jacobian_gram(
+                Mprime = global_grams[section.source]
+            elif section.elementwise:
+                Mprime = elementwise_jacobian_gram(
                     section, stats.coactivation.get(section.source), C_next
                 )
-            return local_jacobian_gram(sess, section, C_next, n_sources=n_sources, gen=gen)
+            elif 2 * half.shape[1] < half.shape[0]:  # a subspace: project the VJPs first
+                return local_jacobian_gram(
+                    sess, section, C_next, n_sources=n_sources, gen=gen, project=half
+                )
+            else:
+                Mprime = local_jacobian_gram(sess, section, C_next, n_sources=n_sources, gen=gen)
+            return half.T @ Mprime @ half
 
         basis, C_next = fit_layer(
             name, stats.moments[name], jacobian_gram, rtol=rtol, variant=variant

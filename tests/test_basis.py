@@ -251,3 +251,16 @@ def test_each_elementwise_activation_matches_brute_force(activation):
     ref = brute_basis(x, sequential_sections(model))
     for b, r in zip(bases.values(), ref):
         np.testing.assert_allclose(b.eigenvalues, r["eigenvalues"], rtol=1e-8)
+
+
+def test_projected_jacobian_path_for_inputs_in_a_subspace():
+    """Inputs in a 2-dim subspace of 6: the autograd path projects VJPs before the Gram."""
+    model = Custom()
+    x = correlated_inputs(200, 2, seed=3) @ torch.randn(
+        2, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
+    bases = interaction_basis(model, x, progress=False)
+    ref = brute_basis(x, model.sections())
+    assert bases["fc1"].gram_rank == 2
+    for b, r in zip(bases.values(), ref):
+        np.testing.assert_allclose(b.eigenvalues, r["eigenvalues"], rtol=1e-8)
