@@ -1,0 +1,1 @@
+"""Benchmarks of modgraph (not part of the installed package): ``python -m bench --help``."""
