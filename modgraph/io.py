@@ -86,6 +86,9 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
         f.write("\n")
 
 
+#: Edges formatted at once by :func:`write_graphml` (bounds the memory of the text arrays).
+EDGE_BLOCK = 65536
+
 _XML_ESCAPES = (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;"))
 
 
@@ -170,7 +173,8 @@ def write_graphml(
         node_cols.append((f"n{i}", text))
     edge_cols = []
     for i, (name, values) in enumerate(edge_attrs.items()):
-        kind, text = _attribute(values, name)
+        kind, _ = _attribute(np.asarray(values)[:1], name)
+        text = np.asarray(values)
         if text.shape[0] != len(src):
             raise ModgraphValueError(
                 f"edge attribute {name!r} has {text.shape[0]} values for {len(src)} edges."
@@ -188,12 +192,19 @@ def write_graphml(
     for key, text in node_cols:
         nodes = add(add(add(nodes, f'<data key="{key}">'), text), "</data>")
     nodes = add(nodes, "</node>")
-    src_ids = ids[np.asarray(src, dtype=np.int64)]
-    dst_ids = ids[np.asarray(dst, dtype=np.int64)]
-    edges = add(add(add(add('    <edge source="', src_ids), '" target="'), dst_ids), '">')
-    for key, text in edge_cols:
-        edges = add(add(add(edges, f'<data key="{key}">'), text), "</data>")
-    edges = add(edges, "</edge>")
+    src = np.asarray(src, dtype=np.int64)
+    dst = np.asarray(dst, dtype=np.int64)
+
+    def edge_lines(lo: int, hi: int) -> np.ndarray:
+        """GraphML lines of edges lo..hi (formatted per block to bound memory)."""
+        lines = add(
+            add(add(add('    <edge source="', ids[src[lo:hi]]), '" target="'), ids[dst[lo:hi]]),
+            '">',
+        )
+        for (key, values), name in zip(edge_cols, edge_attrs):
+            _, text = _attribute(values[lo:hi], name)
+            lines = add(add(add(lines, f'<data key="{key}">'), text), "</data>")
+        return add(lines, "</edge>")
 
     head = [
         '<?xml version="1.0" encoding="UTF-8"?>',
@@ -211,8 +222,8 @@ def write_graphml(
         if nodes.size:
             f.write("\n".join(nodes.tolist()))
             f.write("\n")
-        if edges.size:
-            f.write("\n".join(edges.tolist()))
+        for lo in range(0, len(src), EDGE_BLOCK):
+            f.write("\n".join(edge_lines(lo, lo + EDGE_BLOCK).tolist()))
             f.write("\n")
         f.write("  </graph>\n</graphml>\n")
 

@@ -139,3 +139,16 @@ def test_xml_special_characters_are_escaped(tmp_path):
     G = nx.read_graphml(path)
     assert list(G.nodes) == graph.node_ids
     assert G.nodes['a&b<"c">:1']["layer"] == 'a&b<"c">'
+
+
+def test_edges_written_in_blocks_round_trip(tmp_path, graph_and_membership, monkeypatch):
+    graph, membership = graph_and_membership
+    monkeypatch.setattr(modgraph.io, "EDGE_BLOCK", 3)  # many blocks, one partial
+    path = tmp_path / "g.graphml"
+    graph.to_graphml(path, membership, min_weight=0.0)
+    G = nx.read_graphml(path)
+    expected = graph.to_networkx(membership, min_weight=0.0)
+    assert G.number_of_edges() == expected.number_of_edges() > 3
+    assert {(u, v): d for u, v, d in G.edges(data=True)} == {
+        (u, v): d for u, v, d in expected.edges(data=True)
+    }
