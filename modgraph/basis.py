@@ -341,27 +341,46 @@ def chunk_rows(n_vectors: int, width: int, batch_size: int) -> int:
     return max(1, min(batch_size, CHUNK_ELEMENTS // max(1, n_vectors * width)))
 
 
+def narrowing_linear(sess: Session, section: Section) -> nn.Linear | None:
+    """The source module when it is an ``nn.Linear`` that narrows (``d_out < d_in``): VJPs are
+    then cheaper at its output ``z`` (width ``d_out``), with ``∂/∂a = (∂/∂z) W``."""
+    module = sess.plan.modules[section.source]
+    if type(module) is nn.Linear and module.out_features < module.in_features:
+        return module
+    return None
+
+
 def section_vjp(
     sess: Session,
     section: Section,
     x: torch.Tensor,
     cotangent: Callable[[int], torch.Tensor],
     point: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    *,
+    at_output: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Batched VJPs of one section: ``cotangent(B)[i] · ∂a_{l+1}/∂a_l`` for every row of ``x``.
 
     The forward stops at the target node layer; gradients stop at the source node layer. The
     source module sees ``point(a_l)`` (default ``a_l``); paths that bypass it (residual branches)
-    are differentiated at ``a_l`` itself and added. Returns the source activations ``(B, d)``
-    and the VJPs ``(n, B, d)`` (``None`` if the target does not depend on the source).
+    are differentiated at ``a_l`` itself. Returns the source activations ``(B, d)``, the VJPs
+    ``(n, B, d)`` with respect to ``a_l``, and ``None``; with ``at_output`` (the source module
+    is an ``nn.Linear``), the VJPs with respect to ``a_l`` cover only the bypass paths and the
+    third value holds the VJPs ``(n, B, d_out)`` with respect to the Linear's output ``z``, so
+    that ``∂/∂a_l = (∂/∂z) W + bypass``. ``None`` stands for "no dependence".
     """
     first = sess.plan.names[0]
     src, dst = section.source, section.target
 
     def moved(a: torch.Tensor) -> torch.Tensor:
-        return leaf(point(a) if point is not None else a)
+        a = point(a) if point is not None else a
+        return a.detach() if at_output else leaf(a)
 
-    substitute = {src: moved} if src == first else {first: leaf, src: moved}
+    if x.is_floating_point():  # the whole forward in the graph: bypass paths from x count too
+        x = leaf(x)
+        substitute = {src: moved}
+    else:  # integer inputs (token ids): the graph starts at the first node layer
+        substitute = {src: moved} if src == first else {first: leaf, src: moved}
     with torch.enable_grad():
         store = sess.tracer.run(
             x,
@@ -369,12 +388,14 @@ def section_vjp(
             substitute=substitute,
             stop=None if dst == OUTPUT else dst,
             detach=False,
+            replace_output={src: leaf} if at_output else None,
         )
         original = sess.tracer.originals[src]
         target = store[dst]
         if not target.requires_grad:
-            return original.detach(), None
-        inputs = [store[src]] + ([original] if original.requires_grad else [])
+            return original.detach(), None, None
+        start = sess.tracer.outputs[src] if at_output else store[src]
+        inputs = [start] + ([original] if original.requires_grad else [])
         grads = torch.autograd.grad(
             target,
             inputs,
@@ -382,9 +403,11 @@ def section_vjp(
             is_grads_batched=True,
             allow_unused=True,
         )
+    if at_output:
+        return original.detach(), grads[1] if len(grads) > 1 else None, grads[0]
     present = [g for g in grads if g is not None]
     total = None if not present else present[0] if len(present) == 1 else sum(present)
-    return original.detach(), total
+    return original.detach(), total, None
 
 
 def local_jacobian_gram(
@@ -408,18 +431,39 @@ def local_jacobian_gram(
     n_vec = n_sources or basis_next.shape[1]
     if n_vec == 0:
         return gram
+    # A narrowing source Linear: VJPs at its output z, folded in afterwards (M' = Wᵀ Σ gᵀg W),
+    # so the Gram is d_out wide instead of d (batches with bypass paths take the full route).
+    linear = narrowing_linear(sess, section)
+    W = None if linear is None else linear.weight.detach().to(torch.float64)
+    gram_z = None if W is None else W.new_zeros((W.shape[0], W.shape[0]))
     rows = chunk_rows(n_vec, max(d, d_next), sess.batch_size)
     n = 0
     for x in sess.batches(f"jacobian {section.source}", rows):
-        a, grads = section_vjp(
-            sess, section, x, lambda b: cotangents(basis_next, b, n_sources, gen)
+        a, g_a, g_z = section_vjp(
+            sess,
+            section,
+            x,
+            lambda b: cotangents(basis_next, b, n_sources, gen),
+            at_output=W is not None,
         )
         n += a.shape[0]
-        if grads is not None:
-            g = grads.reshape(-1, d).to(torch.float64)
-            if project is not None:
-                g = g @ project
-            gram += g.T @ g
+        if g_z is not None and g_a is None:
+            assert gram_z is not None
+            gz = g_z.reshape(-1, g_z.shape[-1]).to(torch.float64)
+            gram_z += gz.T @ gz
+            continue
+        g = None if g_z is None else g_z.reshape(-1, g_z.shape[-1]).to(torch.float64) @ W
+        if g_a is not None:
+            ga = g_a.reshape(-1, d).to(torch.float64)
+            g = ga if g is None else g + ga
+        if g is None:
+            continue
+        if project is not None:
+            g = g @ project
+        gram += g.T @ g
+    if W is not None and gram_z is not None:
+        folded = W if project is None else W @ project
+        gram += folded.T @ gram_z @ folded
     return gram / n
 
 
@@ -439,8 +483,12 @@ def global_jacobian_grams(
     count = 0
     for x in sess.batches("jacobian (global)", rows):
         with torch.enable_grad():
+            floating = x.is_floating_point()
             store = sess.tracer.run(
-                x, record=sess.plan.names, substitute={names[0]: leaf}, detach=False
+                leaf(x) if floating else x,
+                record=sess.plan.names,
+                substitute=None if floating else {names[0]: leaf},
+                detach=False,
             )
             out = store[OUTPUT]
             used = [n for n in names if store[n].requires_grad]

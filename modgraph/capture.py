@@ -448,7 +448,9 @@ class Tracer:
         self._handles: list[Any] = []
         self._record: frozenset[str] = frozenset()
         self._substitute: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self._replace_output: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         self.originals: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
         self._stop: str | None = None
         self._detach = True
         self._store: dict[str, torch.Tensor] = {}
@@ -459,6 +461,7 @@ class Tracer:
                 self._handles.append(
                     module.register_forward_pre_hook(self._hook(name), with_kwargs=True)
                 )
+                self._handles.append(module.register_forward_hook(self._output_hook(name)))
         except BaseException:
             self.close()
             raise
@@ -472,6 +475,16 @@ class Tracer:
             h.remove()
         self._handles.clear()
         self._store = {}
+
+    def _output_hook(self, name: str) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+            replace = self._replace_output.get(name)
+            if replace is None:
+                return None
+            self.outputs[name] = replace(output)
+            return self.outputs[name]
+
+        return hook
 
     def _hook(self, name: str) -> Callable[..., Any]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -498,17 +511,20 @@ class Tracer:
         substitute: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
         stop: str | None = None,
         detach: bool = True,
+        replace_output: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     ) -> dict[str, torch.Tensor]:
         """One forward pass; returns the recorded node-layer inputs (``"output"`` included).
 
         ``substitute[name](a)`` replaces the input of node layer ``name`` for its module only (other
         uses of the same tensor in ``forward``, such as a residual branch, still see ``a``); the
-        replaced inputs are kept in :attr:`originals` until the next run.
+        replaced inputs are kept in :attr:`originals` until the next run. ``replace_output[name]``
+        likewise replaces the *output* of a node module (kept in :attr:`outputs`).
         """
         self._record = frozenset(record)
         self._substitute = dict(substitute or {})
+        self._replace_output = dict(replace_output or {})
         self._stop, self._detach, self._store = stop, detach, {}
-        self.originals = {}
+        self.originals, self.outputs = {}, {}
         try:
             raw = self.model(x)
         except _StopForward:
@@ -518,7 +534,7 @@ class Tracer:
                 out = _select(raw, self.plan.select_output)
                 self._store[OUTPUT] = out.detach() if detach else out
         finally:
-            self._substitute = {}
+            self._substitute, self._replace_output = {}, {}
             self._stop = None
         store, self._store = self._store, {}
         return store

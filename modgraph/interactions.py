@@ -33,6 +33,7 @@ from .basis import (
     chunk_rows,
     elementwise_derivative,
     linear_preactivation,
+    narrowing_linear,
     section_vjp,
 )
 from .capture import OUTPUT, Section, Session
@@ -135,25 +136,40 @@ def _autograd_edges(
     def cotangent(b: int) -> torch.Tensor:
         return cot.expand(k_next, b, cot.shape[-1])
 
+    linear = narrowing_linear(sess, section)
+    # through a narrowing Linear: Γ = (∂f̂'/∂z) (W C⁺ᵀ), with the VJPs d_out wide instead of d
+    folded = None if linear is None else linear.weight.detach().to(torch.float64) @ src.C_pinv.T
     count = 0
     for x in sess.batches(f"edges {section.source}", rows):
         count += x.shape[0]
-        grad = None
-        a = None
+        grad_a = grad_z = a = None
         for alpha, w in zip(alphas, weights):
 
             def point(v: torch.Tensor, alpha: float = float(alpha)) -> torch.Tensor:
                 return (src.mean + alpha * (v.to(torch.float64) - src.mean)).to(v.dtype)
 
-            a, g = section_vjp(sess, section, x, cotangent, point if alpha != 1.0 else None)
-            if g is not None:
-                g = float(w) * g.to(torch.float64)
-                grad = g if grad is None else grad + g
-        if grad is None:
+            a, g_a, g_z = section_vjp(
+                sess,
+                section,
+                x,
+                cotangent,
+                point if alpha != 1.0 else None,
+                at_output=folded is not None,
+            )
+            if g_a is not None:
+                g_a = float(w) * g_a.to(torch.float64)
+                grad_a = g_a if grad_a is None else grad_a + g_a
+            if g_z is not None:
+                g_z = float(w) * g_z.to(torch.float64)
+                grad_z = g_z if grad_z is None else grad_z + g_z
+        if grad_a is None and grad_z is None:
             continue
         assert a is not None
         f = (a.to(torch.float64) - src.mean) @ src.C  # (B, k)
-        gamma = grad @ src.C_pinv.T  # (k', B, k)
+        gamma = grad_z @ folded if grad_z is not None else 0.0  # (k', B, k)
+        if grad_a is not None:
+            gamma = gamma + grad_a @ src.C_pinv.T
+        assert isinstance(gamma, torch.Tensor)
         gamma.square_()
         gamma *= f.square()[None]
         total += gamma.sum(1)

@@ -86,10 +86,38 @@ def cases(n: int = 300) -> list[Case]:
         torch.nn.init.normal_(p, std=0.5)
     gelu = mlp([6, 12, 7, 3], nn.GELU, seed=4)
     custom = Custom()
+    narrow = Narrow()
     x = correlated_inputs(n, 6, seed=5)
+    x8 = correlated_inputs(n, 8, seed=6)
     return [
         Case("relu", relu, sequential_sections(relu), x),
         Case("junction", junction, sequential_sections(junction), x),
         Case("gelu", gelu, sequential_sections(gelu), x),
         Case("custom", custom, custom.sections(), x),
+        Case("narrow", narrow, narrow.sections(), x8),
     ]
+
+
+class Narrow(nn.Module):
+    """Narrowing Linears on the autograd path, with a bypass around the first node module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(5)
+        self.fc1 = nn.Linear(8, 5, dtype=torch.float64)
+        self.fc2 = nn.Linear(5, 3, dtype=torch.float64)
+        self.head = nn.Linear(3, 2, dtype=torch.float64)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.fc1(x)) + 0.3 * x[:, :5]  # a path from fc1's input around fc1
+        return self.head(torch.tanh(self.fc2(h)))
+
+    def sections(self) -> list[Section]:
+        return [
+            lambda x: F.relu(F.linear(x, self.fc1.weight, self.fc1.bias)) + 0.3 * x[:, :5],
+            lambda h: torch.tanh(F.linear(h, self.fc2.weight, self.fc2.bias)),
+            lambda g: F.linear(g, self.head.weight, self.head.bias),
+        ]
