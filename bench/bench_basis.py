@@ -39,7 +39,6 @@ from bench.run import (
     warm_up,
 )
 from modgraph import basis as mg_basis
-from modgraph import capture
 
 __all__ = ["basis_benchmark", "main"]
 
@@ -64,33 +63,14 @@ def basis_benchmark(
         model = make_model(widths, path)
         meter = Meter(("gram", "basis"))
         rate_before = matmul_rate()
+        options = mg_basis.BasisOptions(batch_size=batch_size, progress=False)
         meter.start()
         with contextlib.ExitStack() as stack:
             with meter("gram"):
-                sess = stack.enter_context(
-                    capture.session(
-                        model,
-                        x,
-                        None,
-                        batch_size=batch_size,
-                        dtype=torch.float64,
-                        device=None,
-                        output=None,
-                        progress=False,
-                        where="bench",
-                    )
-                )
-                stats = mg_basis.accumulate_statistics(sess)
+                sess = stack.enter_context(options.session(model, x, None, "bench"))
+                stats = options.statistics(sess)
             with meter("basis"):
-                bases = mg_basis.fit_bases(
-                    sess,
-                    stats,
-                    variant="local",
-                    rtol=1e-10,
-                    n_sources=None,
-                    seed=0,
-                    output_basis="identity",
-                )
+                bases = options.fit(sess, stats)
             plan = sess.plan
         t0 = time.perf_counter()
         public = modgraph.interaction_basis(model, x, batch_size=batch_size, progress=False)

@@ -382,33 +382,14 @@ def run_pipeline(
         if prof is not None:
             profiles[name] = _top_ops(prof)
 
+    options = mg_basis.BasisOptions(batch_size=batch_size, progress=False)
     meter.start()
     with contextlib.ExitStack() as stack:
         with stage("gram"):
-            sess = stack.enter_context(
-                capture.session(
-                    model,
-                    x,
-                    None,
-                    batch_size=batch_size,
-                    dtype=torch.float64,
-                    device=None,
-                    output=None,
-                    progress=False,
-                    where="bench",
-                )
-            )
-            stats = mg_basis.accumulate_statistics(sess)
+            sess = stack.enter_context(options.session(model, x, None, "bench"))
+            stats = options.statistics(sess)
         with stage("basis"):
-            bases = mg_basis.fit_bases(
-                sess,
-                stats,
-                variant="local",
-                rtol=1e-10,
-                n_sources=None,
-                seed=0,
-                output_basis="identity",
-            )
+            bases = options.fit(sess, stats)
         with stage("edges"):
             edges = interactions.compute_edges(sess, bases, n_alpha=1)
         plan = sess.plan

@@ -261,7 +261,11 @@ def accumulate_statistics(
     plan = sess.plan
     moments: dict[str, Moments] = {}
     coact: dict[str, torch.Tensor] = {}
-    need = [s for s in plan.sections if s.elementwise and s.activation is not None] * coactivation
+    need = (
+        [s for s in plan.sections if s.elementwise and s.activation is not None]
+        if coactivation
+        else []
+    )
     with torch.no_grad():
         for b, x in enumerate(sess.batches(desc)):
             acts = sess.tracer.run(x, record=plan.names)
@@ -726,9 +730,15 @@ class BasisOptions:
             where=where,
         )
 
-    def fit(self, sess: Session) -> dict[str, InteractionBasis]:
-        """The statistics pass, then every basis from the output backwards."""
-        stats = accumulate_statistics(sess, coactivation=self.variant == "local")
+    def statistics(self, sess: Session) -> Statistics:
+        """The first pass: moments, and co-activation Grams when the local variant needs them."""
+        return accumulate_statistics(sess, coactivation=self.variant == "local")
+
+    def fit(self, sess: Session, stats: Statistics | None = None) -> dict[str, InteractionBasis]:
+        """Every basis from the output backwards (after the statistics pass, run here if not
+        given)."""
+        if stats is None:
+            stats = self.statistics(sess)
         return fit_bases(
             sess,
             stats,
