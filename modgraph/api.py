@@ -18,8 +18,9 @@ from torch import nn
 from ._validate import check_float, check_int, check_model, check_seed
 from .basis import InteractionBasis
 from .cluster import Partition, leiden_modules
+from .errors import ModgraphError
 from .graph import InteractionGraph
-from .interactions import compute_graph
+from .interactions import interaction_graph
 from .io import write_json
 
 if TYPE_CHECKING:
@@ -276,26 +277,27 @@ def find_modules(
     check_int(n_restarts, "n_restarts", _WHERE, minimum=1)
     check_int(n_modules, "n_modules", _WHERE, minimum=1, allow_none=True)
     check_seed(seed, _WHERE)
-    graph = compute_graph(
-        model,
-        data,
-        None,
-        layers=layers,
-        n_alpha=n_alpha,
-        epsilon=epsilon,
-        tau=tau,
-        variant=variant,
-        rtol=rtol,
-        batch_size=batch_size,
-        n_random_sources=n_random_sources,
-        dtype=dtype,
-        device=device,
-        output=output,
-        output_basis=output_basis,
-        seed=seed,
-        progress=progress,
-        where=_WHERE,
-    )
+    try:
+        graph = interaction_graph(
+            model,
+            data,
+            layers=layers,
+            n_alpha=n_alpha,
+            epsilon=epsilon,
+            tau=tau,
+            variant=variant,
+            rtol=rtol,
+            batch_size=batch_size,
+            n_random_sources=n_random_sources,
+            dtype=dtype,
+            device=device,
+            output=output,
+            output_basis=output_basis,
+            seed=seed,
+            progress=progress,
+        )
+    except ModgraphError as exc:  # re-raise with the caller's context
+        raise type(exc)(f"find_modules: {exc}") from exc
     partition = leiden_modules(
         graph, resolution=resolution, seed=seed, n_restarts=n_restarts, n_modules=n_modules
     )

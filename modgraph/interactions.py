@@ -267,65 +267,6 @@ def build_graph(
     )
 
 
-def compute_graph(
-    model: nn.Module,
-    data: Any,
-    bases: Mapping[str, InteractionBasis] | None = None,
-    *,
-    layers: Iterable[str] | None = None,
-    n_alpha: int = 1,
-    epsilon: float | None = None,
-    tau: float = 1e-4,
-    variant: str = "local",
-    rtol: float = 1e-10,
-    batch_size: int = 256,
-    n_random_sources: int | None = None,
-    dtype: torch.dtype | None = torch.float64,
-    device: torch.device | str | None = None,
-    output: Callable[[Any], torch.Tensor] | None = None,
-    output_basis: str = "identity",
-    seed: int = 0,
-    progress: bool | None = None,
-    where: str = _WHERE,
-) -> InteractionGraph:
-    """:func:`interaction_graph`, with errors naming the public function ``where``."""
-    check_model(model, where)
-    options = BasisOptions(
-        variant=variant,
-        rtol=rtol,
-        batch_size=batch_size,
-        n_random_sources=n_random_sources,
-        dtype=dtype,
-        device=device,
-        output=output,
-        output_basis=output_basis,
-        seed=seed,
-        progress=progress,
-    ).check(where)
-    validate_graph_options(where, n_alpha=n_alpha, epsilon=epsilon, tau=tau)
-    if bases is not None:
-        names = check_bases(bases, where)
-        if layers is not None:
-            given = list(layers)
-            if given not in (names, names[:-1]):
-                raise ModgraphValueError(
-                    f"layers={given} disagrees with the layers of bases {names}; pass one of them."
-                )
-        layers = names
-    with options.session(model, data, layers, where) as sess:
-        if bases is None:
-            bases = options.fit(sess)
-        else:
-            for name, b in bases.items():
-                if b.d != sess.plan.dims[name]:
-                    raise ModgraphValueError(
-                        f"bases[{name!r}] has width {b.d} but the model's layer has "
-                        f"{sess.plan.dims[name]}; compute bases on this model."
-                    )
-        edges = compute_edges(sess, bases, n_alpha=n_alpha)
-    return build_graph(bases, edges, epsilon=epsilon, tau=tau, n_alpha=n_alpha)
-
-
 def interaction_graph(
     model: nn.Module,
     data: Any,
@@ -384,14 +325,8 @@ def interaction_graph(
     >>> g.edges[("0", "2")].shape[1] == g.sizes[0]
     True
     """
-    return compute_graph(
-        model,
-        data,
-        bases,
-        layers=layers,
-        n_alpha=n_alpha,
-        epsilon=epsilon,
-        tau=tau,
+    check_model(model, _WHERE)
+    options = BasisOptions(
         variant=variant,
         rtol=rtol,
         batch_size=batch_size,
@@ -402,5 +337,26 @@ def interaction_graph(
         output_basis=output_basis,
         seed=seed,
         progress=progress,
-        where=_WHERE,
-    )
+    ).check(_WHERE)
+    validate_graph_options(_WHERE, n_alpha=n_alpha, epsilon=epsilon, tau=tau)
+    if bases is not None:
+        names = check_bases(bases, _WHERE)
+        if layers is not None:
+            given = list(layers)
+            if given not in (names, names[:-1]):
+                raise ModgraphValueError(
+                    f"layers={given} disagrees with the layers of bases {names}; pass one of them."
+                )
+        layers = names
+    with options.session(model, data, layers, _WHERE) as sess:
+        if bases is None:
+            bases = options.fit(sess)
+        else:
+            for name, b in bases.items():
+                if b.d != sess.plan.dims[name]:
+                    raise ModgraphValueError(
+                        f"bases[{name!r}] has width {b.d} but the model's layer has "
+                        f"{sess.plan.dims[name]}; compute bases on this model."
+                    )
+        edges = compute_edges(sess, bases, n_alpha=n_alpha)
+    return build_graph(bases, edges, epsilon=epsilon, tau=tau, n_alpha=n_alpha)
