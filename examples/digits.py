@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
+from _cli import run_example  # examples/_cli.py: the shared options
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
@@ -67,21 +67,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("out/examples/digits"))
-    parser.add_argument("--quick", action="store_true", help="less training (tests)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (default 1: small models)"
-    )
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)  # tiny matrices: more threads only contend
-    try:
-        return run(args)
-    finally:
-        torch.set_num_threads(threads)
+    return run_example(__doc__, "digits", run, argv, quick_help="less training (tests)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
+from _cli import run_example  # examples/_cli.py: the shared options
 
 from modgraph import find_modules
 from modgraph.plot import plot_interactions, plot_modules
@@ -29,21 +29,7 @@ from modgraph.toy import digits_as_mnist, load_mnist_mlp
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("out/examples/mnist"))
-    parser.add_argument("--quick", action="store_true", help="fewer images (tests)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (default 1: small models)"
-    )
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)  # small matrices: more threads only contend
-    try:
-        return run(args)
-    finally:
-        torch.set_num_threads(threads)
+    return run_example(__doc__, "mnist", run, argv, quick_help="fewer images (tests)")
 
 
 def run(args: argparse.Namespace) -> int:

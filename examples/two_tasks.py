@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _cli import run_example  # examples/_cli.py: the shared options
 from sklearn.metrics import homogeneity_score
 from torch import nn
 
@@ -102,21 +102,7 @@ def report(name: str, result: ModuleResult, truth: np.ndarray, n_second_outputs:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("out/examples/two_tasks"))
-    parser.add_argument("--quick", action="store_true", help="less data and training (tests)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (default 1: small models)"
-    )
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)  # tiny matrices: more threads only contend
-    try:
-        return run(args)
-    finally:
-        torch.set_num_threads(threads)
+    return run_example(__doc__, "two_tasks", run, argv, quick_help="less data and training (tests)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,6 +16,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def load(name: str):
     """Import ``examples/<name>.py`` (examples/ is not a package)."""
     path = EXAMPLES / f"{name}.py"
+    if str(EXAMPLES) not in sys.path:  # as when a script runs: its folder first (for _cli)
+        sys.path.insert(0, str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(f"modgraph_example_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
