@@ -3,12 +3,11 @@
 Trains the two-task MLP of :mod:`modgraph.toy` and builds a block-diagonal MLP with planted
 modules, finds their modules and draws them::
 
-    python docs/make_figures.py [--out docs/images] [--resolution 0.5 | --n-modules 2]
+    python docs/make_figures.py [--out docs/images] [--n-modules 2 | --resolution 0.5]
 
-The two-task MLP is partitioned at resolution ``γ = 0.5`` by default: there the digit-class logits
-and the parity logits fall into different modules (the figure's point); ``--n-modules 2`` bisects
-``γ`` instead (with the current training it merges both tasks' logits into one module, or is out
-of reach when the cost graph has more than two connected parts).
+The two-task MLP is split into two modules by default (``n_modules=2``, the coarsest partition
+with two modules holding outputs): they are the two tasks, the figure's point. ``--resolution``
+partitions it at a fixed ``γ`` instead (finer: several modules per task).
 
 Writes ``modules.png`` (layered module graph of the two-task MLP), ``module_map.png`` (features
 per module and layer) and ``interactions.png`` (an interaction matrix of the planted model, sorted
@@ -55,10 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "images")
     parser.add_argument(
-        "--resolution", type=float, default=0.5, help="γ for the two-task MLP (default 0.5)"
+        "--n-modules", type=int, default=2, help="modules of the two-task MLP (default 2)"
     )
     parser.add_argument(
-        "--n-modules", type=int, default=None, help="bisect γ to this many modules instead"
+        "--resolution", type=float, default=None, help="a fixed γ instead of --n-modules"
     )
     parser.add_argument("--epochs", type=int, default=400, help="training epochs (default 400)")
     args = parser.parse_args(argv)
@@ -67,7 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
-    two = two_task_result(args.resolution, args.n_modules, args.epochs)
+    if args.resolution is not None:
+        args.n_modules = None
+    two = two_task_result(args.resolution or 1.0, args.n_modules, args.epochs)
     logger.info("two-task MLP:\n%s", two.summary())
     title = (
         f"Two-task MLP (digit class + parity), γ = {two.resolution:.3g}: {two.n_modules} "

@@ -243,7 +243,8 @@ def find_modules(
     resolution : float > 0
         ``γ`` of ``Q_deg``: larger gives more, smaller modules.
     n_modules : int, optional
-        Bisect ``γ`` until exactly this many modules result.
+        The coarsest partition into exactly this many modules, each holding output features
+        (``resolution`` is then ignored; see :func:`leiden_modules`).
     epsilon : float, optional
         Interaction tolerance; default ``τ · tr Cov(output)``.
     tau : float

@@ -204,7 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="find the modules of your model")
     user(run)
     run.add_argument("--resolution", type=float, default=1.0)
-    run.add_argument("--n-modules", type=int, default=None)
+    run.add_argument(
+        "--n-modules",
+        type=int,
+        default=None,
+        help="the coarsest partition into this many modules holding outputs (ignores --resolution)",
+    )
     run.add_argument("--epsilon", type=float, default=None)
     run.add_argument("--tau", type=float, default=1e-4)
     run.add_argument("--variant", choices=["local", "global"], default="local")

@@ -144,74 +144,137 @@ class _Search:
     def count(self, membership: np.ndarray) -> int:
         return int(membership.max(initial=-1) + 1)
 
-    def n_components(self) -> int:
-        sizes = self.g.connected_components().sizes()
-        return sum(1 for s in sizes if s >= 2)
+
+def _output_features(graph: Any) -> np.ndarray:
+    """Mask of the features a module must hold to count towards ``n_modules``.
+
+    For an :class:`InteractionGraph` these are the features of the last node layer (the model
+    output); a networkx graph has no output layer, so every feature counts.
+    """
+    offsets = getattr(graph, "offsets", None)
+    mask = np.ones(graph.n_nodes, dtype=bool)
+    if offsets is not None and len(offsets) >= 3:
+        mask[: offsets[-2]] = False
+    return mask
 
 
-def _bisect(
-    search: _Search, n_modules: int, seed: int, n_restarts: int
-) -> tuple[np.ndarray, float, float]:
-    """Find a resolution giving ``n_modules`` modules by geometric bisection."""
-    floor = search.n_components()
-    connected = int(
-        np.count_nonzero(np.bincount(np.r_[search.src, search.dst], minlength=search.n))
+def _count(membership: np.ndarray, anchors: np.ndarray) -> int:
+    """Modules (of two or more features) that hold at least one anchor feature."""
+    labels = membership[anchors]
+    return int(np.unique(labels[labels >= 0]).size)
+
+
+def _attach_unanchored(search: _Search, membership: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """Merge every module that holds no anchor feature into the anchored module it shares the
+    most cost with (strongest link first, repeatedly, so chains of such modules follow their
+    link); a group with no cost towards any anchored module is left in no module (``-1``)."""
+    m = membership.copy()
+    while True:
+        k = int(m.max(initial=-1)) + 1
+        anchored = np.zeros(k, dtype=bool)
+        anchored[m[anchors & (m >= 0)]] = True
+        loose = np.flatnonzero(~anchored)
+        if loose.size == 0:
+            break
+        a, b = m[search.src], m[search.dst]
+        between = (a >= 0) & (b >= 0) & (a != b)
+        links = np.zeros((k, k))
+        np.add.at(links, (a[between], b[between]), search.cost[between])
+        links += links.T
+        to_anchored = links[np.ix_(loose, np.flatnonzero(anchored))]
+        if to_anchored.size == 0 or to_anchored.max() <= 0.0:
+            m[np.isin(m, loose)] = -1  # nothing left to attach them to
+            break
+        i, j = np.unravel_index(int(to_anchored.argmax()), to_anchored.shape)
+        m[m == loose[i]] = np.flatnonzero(anchored)[j]
+    # features in no module become their own singleton labels, then renumber by size
+    raw = np.where(m >= 0, m, k + np.arange(m.size))
+    return _relabel(raw)
+
+
+def _coarsest(
+    search: _Search, n_modules: int, seed: int, n_restarts: int, anchors: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """The lowest resolution at which Leiden gives ``n_modules`` modules holding anchors.
+
+    Geometric search: bracket the point where the count of anchored modules first reaches
+    ``n_modules`` (factors of 4 from ``γ = 1``), bisect the bracket down to a ratio of 1.03
+    (further while the count there jumps past ``n_modules``), and return the lowest ``γ`` seen
+    whose partition has exactly ``n_modules`` anchored modules.
+    """
+    anchored_parts = sum(
+        1
+        for part in search.g.connected_components()
+        if len(part) >= 2 and anchors[np.asarray(part)].any()
     )
-    if n_modules < floor:
+    touched = np.bincount(np.r_[search.src, search.dst], minlength=search.n) > 0
+    interacting, outputs = int(touched.sum()), int((touched & anchors).sum())
+    what = "separate connected parts" + ("" if anchors.all() else " that hold output features")
+    kind = "modules of two or more features" + ("" if anchors.all() else " holding outputs")
+    if n_modules < anchored_parts:
         raise ModgraphValueError(
-            f"n_modules={n_modules} is impossible: the cost graph has {floor} separate connected "
-            "parts, so every partition has at least that many modules. Ask for more modules, or "
+            f"n_modules={n_modules} is impossible: the cost graph has {anchored_parts} {what}, "
+            "so every partition has at least that many modules. Ask for more modules, or "
             "lower epsilon/tau so more interactions count."
         )
-    if n_modules > connected // 2:
-        raise ModgraphValueError(
-            f"n_modules={n_modules} is impossible: only {connected} features interact above ε, "
-            f"so at most {connected // 2} modules of two or more features exist."
+    most = min(interacting // 2, outputs)
+    if n_modules > most:
+        why = (
+            f"only {interacting} features interact above ε"
+            if anchors.all()
+            else f"{interacting} features interact above ε, {outputs} of them output features"
         )
-    seen: dict[float, int] = {}
+        raise ModgraphValueError(
+            f"n_modules={n_modules} is impossible: {why}, so at most {most} {kind} exist."
+        )
+    seen: dict[float, tuple[np.ndarray, float, int]] = {}
 
-    def evaluate(gamma: float) -> tuple[np.ndarray, float, int]:
-        m, q = search.run(gamma, seed, n_restarts)
-        seen[gamma] = search.count(m)
-        return m, q, seen[gamma]
+    def count_at(gamma: float) -> int:
+        if gamma not in seen:
+            m, q = search.run(gamma, seed, n_restarts)
+            seen[gamma] = (m, q, _count(m, anchors))
+        return seen[gamma][2]
 
-    lo = hi = gamma = 1.0
-    m, q, c = evaluate(gamma)
-    if c < n_modules:  # too few modules: raise γ until the count reaches n_modules
-        while c < n_modules and hi < 1e8:
-            previous = c
-            lo, hi = hi, hi * 4
-            gamma = hi
-            m, q, c = evaluate(gamma)
-            if c < previous:  # past the peak: modules now dissolve into single features
-                raise ModgraphValueError(
-                    f"n_modules={n_modules} is out of reach: raising the resolution gives at most "
-                    f"{max(seen.values())} modules of two or more features before they dissolve "
-                    f"into single features (counts: {sorted(seen.items())}). Ask for fewer."
-                )
-    else:  # too many: lower γ
-        while c > n_modules and lo > 1e-8:
+    lo = hi = 1.0
+    if count_at(1.0) >= n_modules:  # lower γ until the count falls below n_modules
+        while count_at(lo) >= n_modules and lo > 1e-8:
             hi, lo = lo, lo / 4
-            gamma = lo
-            m, q, c = evaluate(gamma)
-    if c == n_modules:
-        return m, q, gamma
-    for _ in range(48):
-        mid = math.sqrt(lo * hi)
-        m, q, c = evaluate(mid)
-        if c == n_modules:
-            return m, q, mid
-        lo, hi = (mid, hi) if c < n_modules else (lo, mid)
-        if hi / lo < 1 + 1e-9:
+    else:  # raise γ until the count reaches n_modules
+        while count_at(hi) < n_modules:
+            previous = count_at(hi)
+            lo, hi = hi, hi * 4
+            if count_at(hi) < previous:  # past the peak: look between the last two steps
+                steps = [lo * 4 ** (i / 8) for i in range(1, 8)]
+                reached = [g for g in steps if count_at(g) >= n_modules]
+                if reached:
+                    lo, hi = max(g for g in [lo, *steps] if g < reached[0]), reached[0]
+                    break
+            if count_at(hi) < previous or hi > 1e8:  # modules dissolve into single features
+                raise ModgraphValueError(
+                    f"n_modules={n_modules} is out of reach: raising the resolution gives at "
+                    f"most {max(c for _, _, c in seen.values())} {kind} before they dissolve "
+                    "into single features (counts: "
+                    f"{sorted((g, c) for g, (_, _, c) in seen.items())}). Ask for fewer."
+                )
+    # invariant: count(lo) < n_modules <= count(hi); narrow to a ratio of 1.03 once count(hi)
+    # is exactly n_modules, further (to 1 + 1e-9) while it jumps past n_modules
+    while count_at(lo) < n_modules and hi / lo > 1 + 1e-9:
+        if hi / lo <= 1.03 and count_at(hi) == n_modules:
             break
-    items = sorted(seen.items())
-    if len(items) > 8:
-        items = items[:4] + items[-4:]
-    counts = ", ".join(f"γ={g:.4g}: {k}" for g, k in items)
-    raise ModgraphValueError(
-        f"n_modules={n_modules} is impossible to reach by changing the resolution: the number "
-        f"of modules jumps over it ({counts}). Ask for a neighbouring number of modules."
-    )
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if count_at(mid) < n_modules else (lo, mid)
+    exact = sorted(g for g, (_, _, c) in seen.items() if c == n_modules)
+    if not exact:
+        items = sorted((g, c) for g, (_, _, c) in seen.items())
+        if len(items) > 8:
+            items = items[:4] + items[-4:]
+        counts = ", ".join(f"γ={g:.4g}: {k}" for g, k in items)
+        raise ModgraphValueError(
+            f"n_modules={n_modules} is impossible to reach by changing the resolution: the number "
+            f"of {kind} jumps over it ({counts}). Ask for a neighbouring number of modules."
+        )
+    gamma = exact[0]
+    return _attach_unanchored(search, seen[gamma][0], anchors), gamma
 
 
 def leiden_modules(
@@ -235,8 +298,12 @@ def leiden_modules(
         Seeds of the ``n_restarts`` runs are drawn from ``numpy.random.default_rng(seed)``.
     n_restarts : int >= 1
     n_modules : int, optional
-        Bisect the resolution until exactly this many modules (of two or more features) result;
-        raises if the count jumps over it or is out of reach.
+        Return the coarsest partition into exactly this many modules: the lowest resolution at
+        which Leiden gives ``n_modules`` modules that hold output features (features of the last
+        node layer; for a networkx graph, any module counts), found by geometric bisection.
+        Modules holding no output feature are then merged into the output module they share
+        the most cost with, or left in no module (``-1``) if they share none. Raises if the
+        count jumps over ``n_modules`` or cannot reach it.
 
     Returns
     -------
@@ -262,7 +329,8 @@ def leiden_modules(
     if n_modules is None:
         membership, _ = search.run(resolution, seed, n_restarts)
     else:
-        membership, _, resolution = _bisect(search, n_modules, seed, n_restarts)
+        anchors = _output_features(graph)
+        membership, resolution = _coarsest(search, n_modules, seed, n_restarts, anchors)
     # score the relabelled partition (features in no module count as singletons)
     score = modularity_from_edges(
         search.n, search.src, search.dst, search.cost, membership, resolution

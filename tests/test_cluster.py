@@ -72,6 +72,64 @@ def test_n_modules_impossible_says_so():
         leiden_modules(path, n_modules=3)
 
 
+def anchored_graph() -> InteractionGraph:
+    """Two output modules A and B, a chain C that reaches an output of A only weakly, and a
+    pair D that reaches no output (epsilon 1, so cost = ½ ln E).
+
+    Features: inputs 0-1 → hidden 0-1 → outputs 0-1 (A); inputs 2-3 → hidden 2-3 → outputs 2-3
+    (B); input 4 → hidden 4 → output 0 (C); input 5 → hidden 5 (D).
+    """
+    E1 = np.zeros((6, 6))
+    E2 = np.zeros((4, 6))
+    strong = np.exp(8.0)
+    for a, b in [(0, 1), (2, 3)]:  # A and B: dense inside
+        E1[a : b + 1, a : b + 1] = strong
+        E2[a : b + 1, a : b + 1] = strong
+    E1[2, 1] = np.exp(3.0)  # a real link from A to B (cost 1.5)
+    E1[4, 4] = np.exp(2.0)  # C inside (cost 1)
+    E2[0, 4] = np.exp(0.02)  # C to A's output 0: barely above ε (cost 0.01)
+    E1[5, 5] = np.exp(2.0)  # D inside, nothing beyond
+    return InteractionGraph.from_matrices([E1, E2], epsilon=1.0)
+
+
+def test_n_modules_counts_modules_holding_outputs():
+    graph = anchored_graph()
+    ids = graph.node_ids
+    modules = lambda part: sorted(sorted(m) for m in part.modules)  # noqa: E731
+    A = ["L0:0", "L0:1", "L1:0", "L1:1", "L2:0", "L2:1"]
+    B = ["L0:2", "L0:3", "L1:2", "L1:3", "L2:2", "L2:3"]
+    C, D = ["L0:4", "L1:4"], ["L0:5", "L1:5"]
+    part = leiden_modules(graph, n_modules=2)
+    # C is attached to the output module it links to; D reaches no output and is in no module
+    assert modules(part) == sorted([sorted(A + C), sorted(B)])
+    assert all(part.membership[ids.index(n)] == -1 for n in D)
+    # at that resolution Leiden itself keeps C and D apart: the attachment did the merging
+    raw = leiden_modules(graph, resolution=part.resolution)
+    assert sorted(C) in modules(raw) and sorted(D) in modules(raw)
+    # the coarsest such partition: a little lower, A and B merge
+    lower = leiden_modules(graph, resolution=part.resolution / 1.1)
+    assert sorted(A + B) in [sorted(set(m) - set(C)) for m in lower.modules]
+    # D is a connected part of its own, yet n_modules=1 is possible: it holds no output
+    one = leiden_modules(graph, n_modules=1)
+    assert modules(one) == [sorted(A + B + C)]
+    # the score and costs are those of the returned membership
+    assert part.score == pytest.approx(
+        modularity_score(graph, part.membership, resolution=part.resolution), abs=1e-12
+    )
+
+
+def test_n_modules_needs_interacting_outputs():
+    graph = anchored_graph()
+    with pytest.raises(ValueError, match=r"4 of them output features, so at most 4 modules"):
+        leiden_modules(graph, n_modules=5)
+    cut = InteractionGraph.from_matrices([np.full((3, 4), 5.0), np.full((2, 3), 0.5)], epsilon=1.0)
+    with pytest.raises(ValueError, match="0 of them output features"):
+        leiden_modules(cut, n_modules=1)
+    parts = InteractionGraph.from_matrices([np.eye(2) * 9.0], epsilon=1.0)
+    with pytest.raises(ValueError, match="2 separate connected parts that hold output features"):
+        leiden_modules(parts, n_modules=1)
+
+
 def test_isolated_graph_gives_no_modules():
     graph = InteractionGraph.from_matrices([np.full((3, 4), 1e-9)], epsilon=1.0)
     part = leiden_modules(graph)

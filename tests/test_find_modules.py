@@ -192,17 +192,32 @@ def test_two_task_modules_are_pure_at_resolution_one(two_task):
     assert len(labels) == 1 and labels != {-1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured: the 2-module partition found by bisecting the resolution splits off a small, "
-    "weakly attached group of features instead of the second task (ARI about -0.07); see docs/method.md",
-)
 def test_two_task_split_into_two_modules_separates_the_tasks(two_task):
     data, model, _ = two_task
     result = find_modules(model, data.x, n_modules=2, progress=False)
     truth = task_dependence(model, result.bases, data.x, data.n_first_inputs).argmax(1)
     sel = io_nodes(result) & (result.partition.membership >= 0)
     assert adjusted_rand_score(truth[sel], result.partition.membership[sel]) >= 0.9
+
+
+def test_two_task_split_is_not_a_lucky_seed(two_task):
+    """The same check on networks trained from four more seeds. Measured ARIs for seeds 0-9:
+    1.00 on eight; 0.55 on seeds 1 and 8, where a task-1 chain ending in one class logit joins
+    the parity module (that partition has the higher Q_deg at its resolution: 0.686 vs 0.679
+    for the task split), so the metric, not the search, puts it there."""
+    aris = []
+    for seed in range(5):
+        if seed == 0:
+            data, model, _ = two_task
+        else:
+            data = two_task_digits(2000, seed=seed)
+            model = train_mlp(data, (64, 64), l1=3e-4, epochs=400, seed=seed)
+        result = find_modules(model, data.x, n_modules=2, progress=False)
+        truth = task_dependence(model, result.bases, data.x, data.n_first_inputs).argmax(1)
+        sel = io_nodes(result) & (result.partition.membership >= 0)
+        aris.append(adjusted_rand_score(truth[sel], result.partition.membership[sel]))
+    print("2-module split vs tasks, ARI per training seed:", np.round(aris, 2))
+    assert np.median(aris) >= 0.9, aris
 
 
 def test_two_task_split_cuts_far_less_than_one_task(two_task, one_task):
