@@ -18,8 +18,12 @@ Run::
 
     python examples/two_tasks.py [--out out/examples/two_tasks] [--quick] [--seed 0]
 
+The same report follows for ``n_modules=2``: the coarsest partition into two modules that hold
+outputs, which should be the two tasks.
+
 Writes ``modules.png`` (the layered module graph at resolution 1.0), ``modules_res0.5.png`` (at
-resolution 0.5) and ``module_map.png`` (features per module and layer at resolution 1.0).
+resolution 0.5), ``modules_2.png`` (with ``n_modules=2``) and ``module_map.png`` (features per
+module and layer at resolution 1.0).
 """
 
 from __future__ import annotations
@@ -122,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
         results[resolution] = find_modules(
             model, data.x, resolution=resolution, seed=args.seed, progress=False
         )
+    # the coarsest partition with two modules that hold outputs
+    two = find_modules(model, data.x, n_modules=2, seed=args.seed, progress=False)
     truth, purity = task_of_features(
         model, results[1.0], data.x, data.n_first_inputs, seed=args.seed
     )
@@ -131,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
     )
     for resolution, result in results.items():
         report(f"resolution {resolution:g}", result, truth, data.n_second_outputs)
+    report(
+        f"n_modules=2 (found resolution {two.resolution:.3g})", two, truth, data.n_second_outputs
+    )
 
     one = results[1.0]
     plot_modules(
@@ -145,6 +154,12 @@ def run(args: argparse.Namespace) -> int:
         path=args.out / "modules_res0.5.png",
         title=f"Two-task MLP (digit class + parity), γ = 0.5: {half.n_modules} modules, "
         f"{100 * half.cross_fraction:.1f}% of the cost between them",
+    )
+    plot_modules(
+        two,
+        path=args.out / "modules_2.png",
+        title=f"Two-task MLP (digit class + parity), n_modules=2: "
+        f"{100 * two.cross_fraction:.1f}% of the cost between them",
     )
     plot_module_map(one, path=args.out / "module_map.png")
     print(f"\nfigures in {args.out} ({time.perf_counter() - start:.1f} s)")

@@ -50,15 +50,16 @@ def number(pattern: str, text: str) -> float:
 
 def test_two_tasks(tmp_path, capsys):
     text = run("two_tasks", tmp_path, capsys)
-    assert_pngs(tmp_path, ["modules.png", "modules_res0.5.png", "module_map.png"])
-    # one report per resolution: no module mixes the tasks, and the outputs of the two tasks
-    # are in different modules
+    assert_pngs(tmp_path, ["modules.png", "modules_res0.5.png", "modules_2.png", "module_map.png"])
+    # one report per resolution and one for n_modules=2: no module mixes the tasks, and the
+    # outputs of the two tasks are in different modules
     homogeneity = [
         float(v) for v in re.findall(r"homogeneity of tasks within modules: ([\d.]+)", text)
     ]
-    assert len(homogeneity) == 2, text
+    assert len(homogeneity) == 3, text
     assert min(homogeneity) >= 0.9, text
-    assert text.count("class and parity outputs in different modules: yes") == 2, text
+    assert text.count("class and parity outputs in different modules: yes") == 3, text
+    assert "=== n_modules=2" in text and "\n2 modules over" in text, text
 
 
 def test_digits(tmp_path, capsys):
