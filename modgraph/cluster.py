@@ -169,6 +169,7 @@ def _attach_unanchored(search: _Search, membership: np.ndarray, anchors: np.ndar
     most cost with (strongest link first, repeatedly, so chains of such modules follow their
     link); a group with no cost towards any anchored module is left in no module (``-1``)."""
     m = membership.copy()
+    attached = 0
     while True:
         k = int(m.max(initial=-1)) + 1
         anchored = np.zeros(k, dtype=bool)
@@ -183,10 +184,20 @@ def _attach_unanchored(search: _Search, membership: np.ndarray, anchors: np.ndar
         links += links.T
         to_anchored = links[np.ix_(loose, np.flatnonzero(anchored))]
         if to_anchored.size == 0 or to_anchored.max() <= 0.0:
-            m[np.isin(m, loose)] = -1  # nothing left to attach them to
+            dropped = np.isin(m, loose)
+            logger.info(
+                "n_modules: %d features in %d groups share no cost with any module holding "
+                "outputs; they are left in no module",
+                int(dropped.sum()),
+                loose.size,
+            )
+            m[dropped] = -1
             break
         i, j = np.unravel_index(int(to_anchored.argmax()), to_anchored.shape)
         m[m == loose[i]] = np.flatnonzero(anchored)[j]
+        attached += 1
+    if attached:
+        logger.info("n_modules: %d groups without outputs attached to modules", attached)
     # features in no module become their own singleton labels, then renumber by size
     raw = np.where(m >= 0, m, k + np.arange(m.size))
     return _relabel(raw)
@@ -227,13 +238,13 @@ def _coarsest(
         raise ModgraphValueError(
             f"n_modules={n_modules} is impossible: {why}, so at most {most} {kind} exist."
         )
-    seen: dict[float, tuple[np.ndarray, float, int]] = {}
+    seen: dict[float, tuple[np.ndarray, int]] = {}
 
     def count_at(gamma: float) -> int:
         if gamma not in seen:
-            m, q = search.run(gamma, seed, n_restarts)
-            seen[gamma] = (m, q, _count(m, anchors))
-        return seen[gamma][2]
+            m, _ = search.run(gamma, seed, n_restarts)
+            seen[gamma] = (m, _count(m, anchors))
+        return seen[gamma][1]
 
     lo = hi = 1.0
     if count_at(1.0) >= n_modules:  # lower γ until the count falls below n_modules
@@ -252,9 +263,9 @@ def _coarsest(
             if count_at(hi) < previous or hi > 1e8:  # modules dissolve into single features
                 raise ModgraphValueError(
                     f"n_modules={n_modules} is out of reach: raising the resolution gives at "
-                    f"most {max(c for _, _, c in seen.values())} {kind} before they dissolve "
+                    f"most {max(c for _, c in seen.values())} {kind} before they dissolve "
                     "into single features (counts: "
-                    f"{sorted((g, c) for g, (_, _, c) in seen.items())}). Ask for fewer."
+                    f"{sorted((g, c) for g, (_, c) in seen.items())}). Ask for fewer."
                 )
     # invariant: count(lo) < n_modules <= count(hi); narrow to a ratio of 1.03 once count(hi)
     # is exactly n_modules, further (to 1 + 1e-9) while it jumps past n_modules
@@ -263,9 +274,9 @@ def _coarsest(
             break
         mid = math.sqrt(lo * hi)
         lo, hi = (mid, hi) if count_at(mid) < n_modules else (lo, mid)
-    exact = sorted(g for g, (_, _, c) in seen.items() if c == n_modules)
+    exact = sorted(g for g, (_, c) in seen.items() if c == n_modules)
     if not exact:
-        items = sorted((g, c) for g, (_, _, c) in seen.items())
+        items = sorted((g, c) for g, (_, c) in seen.items())
         if len(items) > 8:
             items = items[:4] + items[-4:]
         counts = ", ".join(f"γ={g:.4g}: {k}" for g, k in items)
