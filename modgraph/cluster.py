@@ -213,11 +213,8 @@ def _coarsest(
     (further while the count there jumps past ``n_modules``), and return the lowest ``γ`` seen
     whose partition has exactly ``n_modules`` anchored modules.
     """
-    anchored_parts = sum(
-        1
-        for part in search.g.connected_components()
-        if len(part) >= 2 and anchors[np.asarray(part)].any()
-    )
+    parts = [np.asarray(p) for p in search.g.connected_components() if len(p) >= 2]
+    anchored_parts = sum(1 for p in parts if anchors[p].any())
     touched = np.bincount(np.r_[search.src, search.dst], minlength=search.n) > 0
     interacting, outputs = int(touched.sum()), int((touched & anchors).sum())
     what = "separate connected parts" + ("" if anchors.all() else " that hold output features")
@@ -248,7 +245,8 @@ def _coarsest(
 
     lo = hi = 1.0
     if count_at(1.0) >= n_modules:  # lower γ until the count falls below n_modules
-        while count_at(lo) >= n_modules and lo > 1e-8:
+        # (or until the modules are the connected parts: no lower γ can merge more)
+        while count_at(lo) >= n_modules and lo > 1e-8 and seen[lo][0].max() + 1 > len(parts):
             hi, lo = lo, lo / 4
     else:  # raise γ until the count reaches n_modules
         while count_at(hi) < n_modules:

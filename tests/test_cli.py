@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from modgraph import find_modules
 from modgraph.cli import main
 
 USER_MODULE = textwrap.dedent(
@@ -74,6 +75,22 @@ def test_run_on_a_user_model_with_weights(user, fmt, capsys):
         var = model(x).double().var(0, unbiased=False).numpy()
     got = [G.nodes[f"output:{i}"]["importance"] for i in range(3)]
     np.testing.assert_allclose(got, var, rtol=1e-5)
+
+
+def test_run_with_n_modules_matches_the_python_api(user, capsys):
+    name, model, tmp = user
+    torch.save(model.state_dict(), tmp / "w.pt")
+    rc = main(
+        ["run", "--model", f"{name}:make", "--weights", "w.pt", "--data", f"{name}:data",
+         "--out", "out", "--n-modules", "2", "--quiet"]
+    )  # fmt: skip
+    assert rc == 0
+    assert "\n2 modules over" in "\n" + capsys.readouterr().out
+    x = torch.randn(400, 6, generator=torch.Generator().manual_seed(0))
+    expected = find_modules(model, x, n_modules=2, seed=0, progress=False)
+    G = nx.read_graphml(tmp / "out" / "modules.graphml")
+    assert {n: d["module"] for n, d in G.nodes(data=True)} == expected.membership
+    assert G.graph["resolution"] == pytest.approx(expected.resolution, rel=1e-12)
 
 
 def test_mismatched_weights_list_the_expected_keys(user, capsys):
