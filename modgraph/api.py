@@ -211,6 +211,7 @@ def find_modules(
     *,
     resolution: float = 1.0,
     n_modules: int | None = None,
+    min_module_share: float | None = None,
     epsilon: float | None = None,
     tau: float = 1e-4,
     variant: str = "local",
@@ -243,8 +244,13 @@ def find_modules(
     resolution : float > 0
         ``γ`` of ``Q_deg``: larger gives more, smaller modules.
     n_modules : int, optional
-        The coarsest partition into exactly this many modules, each holding output features
-        (``resolution`` is then ignored; see :func:`leiden_modules`).
+        The coarsest partition into exactly this many modules, each holding at least
+        ``min_module_share`` of the total interaction strength (``resolution`` is then ignored;
+        see :func:`leiden_modules`).
+    min_module_share : float in [0, 1), optional
+        With ``n_modules``: modules holding a smaller share of the total interaction strength
+        are fragments, attached to the module they link to most (default ``0.1 / n_modules``;
+        0 counts every module).
     epsilon : float, optional
         Interaction tolerance; default ``τ · tr Cov(output)``.
     tau : float
@@ -277,6 +283,8 @@ def find_modules(
     check_float(resolution, "resolution", _WHERE, low=0.0)
     check_int(n_restarts, "n_restarts", _WHERE, minimum=1)
     check_int(n_modules, "n_modules", _WHERE, minimum=1, allow_none=True)
+    if min_module_share is not None:
+        check_float(min_module_share, "min_module_share", _WHERE, low=0.0, high=1.0, low_open=False)
     check_seed(seed, _WHERE)
     try:
         graph = interaction_graph(
@@ -300,6 +308,11 @@ def find_modules(
     except ModgraphError as exc:  # re-raise with the caller's context
         raise type(exc)(f"find_modules: {exc}") from exc
     partition = leiden_modules(
-        graph, resolution=resolution, seed=seed, n_restarts=n_restarts, n_modules=n_modules
+        graph,
+        resolution=resolution,
+        seed=seed,
+        n_restarts=n_restarts,
+        n_modules=n_modules,
+        min_module_share=min_module_share,
     )
     return module_result(graph, partition)

@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-modules",
         type=int,
         default=None,
-        help="the coarsest partition into this many modules holding outputs (ignores --resolution)",
+        help="the coarsest partition into this many modules (ignores --resolution)",
     )
     run.add_argument("--epsilon", type=float, default=None)
     run.add_argument("--tau", type=float, default=1e-4)

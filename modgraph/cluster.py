@@ -145,103 +145,102 @@ class _Search:
         return int(membership.max(initial=-1) + 1)
 
 
-def _output_features(graph: Any) -> np.ndarray:
-    """Mask of the features a module must hold to count towards ``n_modules``.
-
-    For an :class:`InteractionGraph` these are the features of the last node layer (the model
-    output); a networkx graph has no output layer, so every feature counts.
-    """
-    offsets = getattr(graph, "offsets", None)
-    mask = np.ones(graph.n_nodes, dtype=bool)
-    if offsets is not None and len(offsets) >= 3:
-        mask[: offsets[-2]] = False
-    return mask
-
-
-def _count(membership: np.ndarray, anchors: np.ndarray) -> int:
-    """Modules (of two or more features) that hold at least one anchor feature."""
-    labels = membership[anchors]
-    return int(np.unique(labels[labels >= 0]).size)
+def _shares(search: _Search, membership: np.ndarray) -> np.ndarray:
+    """Each module's share of the total interaction strength, ``K_m / 2W``, shape (n_modules,)."""
+    k = int(membership.max(initial=-1)) + 1
+    strength = np.bincount(
+        np.r_[search.src, search.dst], weights=np.r_[search.cost, search.cost], minlength=search.n
+    )
+    inside = membership >= 0
+    per_module = np.bincount(membership[inside], weights=strength[inside], minlength=k)
+    total = strength.sum()
+    return per_module / total if total > 0 else per_module
 
 
-def _attach_unanchored(search: _Search, membership: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """Merge every module that holds no anchor feature into the anchored module it shares the
-    most cost with (strongest link first, repeatedly, so chains of such modules follow their
-    link); a group with no cost towards any anchored module is left in no module (``-1``)."""
+def _attach_fragments(search: _Search, membership: np.ndarray, counted: np.ndarray) -> np.ndarray:
+    """Merge every module not ``counted`` (a fragment) into the counted module it shares the most
+    cost with, strongest link first and repeatedly (so a fragment linked only through another
+    fragment follows it); fragments with no cost towards any counted module are left in no
+    module (``-1``). Returns the membership renumbered by size."""
     m = membership.copy()
+    k = counted.shape[0]
+    counted = counted.copy()
     attached = 0
     while True:
-        k = int(m.max(initial=-1)) + 1
-        anchored = np.zeros(k, dtype=bool)
-        anchored[m[anchors & (m >= 0)]] = True
-        loose = np.flatnonzero(~anchored)
-        if loose.size == 0:
+        present = np.zeros(k, dtype=bool)
+        present[m[m >= 0]] = True
+        fragments = np.flatnonzero(present & ~counted)
+        if fragments.size == 0:
             break
+        heads = np.flatnonzero(present & counted)
         a, b = m[search.src], m[search.dst]
         between = (a >= 0) & (b >= 0) & (a != b)
         links = np.zeros((k, k))
         np.add.at(links, (a[between], b[between]), search.cost[between])
         links += links.T
-        to_anchored = links[np.ix_(loose, np.flatnonzero(anchored))]
-        if to_anchored.size == 0 or to_anchored.max() <= 0.0:
-            dropped = np.isin(m, loose)
+        to_heads = links[np.ix_(fragments, heads)]
+        if to_heads.size == 0 or to_heads.max() <= 0.0:
+            dropped = np.isin(m, fragments)
             logger.info(
-                "n_modules: %d features in %d groups share no cost with any module holding "
-                "outputs; they are left in no module",
+                "n_modules: %d features in %d small groups share no cost with a counted module; "
+                "they are left in no module",
                 int(dropped.sum()),
-                loose.size,
+                fragments.size,
             )
             m[dropped] = -1
             break
-        i, j = np.unravel_index(int(to_anchored.argmax()), to_anchored.shape)
-        m[m == loose[i]] = np.flatnonzero(anchored)[j]
+        i, j = np.unravel_index(int(to_heads.argmax()), to_heads.shape)
+        m[m == fragments[i]] = heads[j]
         attached += 1
     if attached:
-        logger.info("n_modules: %d groups without outputs attached to modules", attached)
-    # features in no module become their own singleton labels, then renumber by size
+        logger.info("n_modules: %d small groups attached to the modules they link to", attached)
+    # features in no module become singleton labels, then everything is renumbered by size
     raw = np.where(m >= 0, m, k + np.arange(m.size))
     return _relabel(raw)
 
 
 def _coarsest(
-    search: _Search, n_modules: int, seed: int, n_restarts: int, anchors: np.ndarray
+    search: _Search, n_modules: int, min_share: float, seed: int, n_restarts: int
 ) -> tuple[np.ndarray, float]:
-    """The lowest resolution at which Leiden gives ``n_modules`` modules holding anchors.
+    """The lowest resolution at which Leiden gives ``n_modules`` modules of share ``>= min_share``.
 
-    Geometric search: bracket the point where the count of anchored modules first reaches
+    Geometric search: bracket the point where the count of such modules first reaches
     ``n_modules`` (factors of 4 from ``γ = 1``), bisect the bracket down to a ratio of 1.03
-    (further while the count there jumps past ``n_modules``), and return the lowest ``γ`` seen
-    whose partition has exactly ``n_modules`` anchored modules.
+    (further while the count there jumps past ``n_modules``), and take the lowest ``γ`` seen
+    whose partition has exactly ``n_modules`` of them; smaller modules are then attached.
     """
     parts = [np.asarray(p) for p in search.g.connected_components() if len(p) >= 2]
-    anchored_parts = sum(1 for p in parts if anchors[p].any())
-    touched = np.bincount(np.r_[search.src, search.dst], minlength=search.n) > 0
-    interacting, outputs = int(touched.sum()), int((touched & anchors).sum())
-    what = "separate connected parts" + ("" if anchors.all() else " that hold output features")
-    kind = "modules of two or more features" + ("" if anchors.all() else " holding outputs")
-    if n_modules < anchored_parts:
+    part_of = np.full(search.n, -1, dtype=np.int64)
+    for i, p in enumerate(parts):
+        part_of[p] = i
+    big_parts = int((_shares(search, part_of) >= min_share).sum()) if parts else 0
+    interacting = len(part_of[part_of >= 0])
+    kind = "modules of two or more features" + (
+        f" holding ≥ {min_share:.3g} of the interaction strength" if min_share > 0 else ""
+    )
+    if n_modules < big_parts:
         raise ModgraphValueError(
-            f"n_modules={n_modules} is impossible: the cost graph has {anchored_parts} {what}, "
-            "so every partition has at least that many modules. Ask for more modules, or "
-            "lower epsilon/tau so more interactions count."
+            f"n_modules={n_modules} is impossible: the cost graph has {big_parts} separate "
+            f"connected parts{' of that share' if min_share > 0 else ''}, so every partition has "
+            "at least that many modules. Ask for more modules, or lower epsilon/tau so more "
+            "interactions count."
         )
-    most = min(interacting // 2, outputs)
+    most = interacting // 2
+    if min_share > 0:
+        most = min(most, math.floor(1.0 / min_share + 1e-9))
     if n_modules > most:
-        why = (
-            f"only {interacting} features interact above ε"
-            if anchors.all()
-            else f"{interacting} features interact above ε, {outputs} of them output features"
-        )
         raise ModgraphValueError(
-            f"n_modules={n_modules} is impossible: {why}, so at most {most} {kind} exist."
+            f"n_modules={n_modules} is impossible: {interacting} features interact above ε, so at "
+            f"most {most} {kind} exist. Ask for fewer"
+            + (", or lower min_module_share." if min_share > 0 else ".")
         )
-    seen: dict[float, tuple[np.ndarray, int]] = {}
+    seen: dict[float, tuple[np.ndarray, np.ndarray]] = {}
 
     def count_at(gamma: float) -> int:
         if gamma not in seen:
             m, _ = search.run(gamma, seed, n_restarts)
-            seen[gamma] = (m, _count(m, anchors))
-        return seen[gamma][1]
+            seen[gamma] = (m, _shares(search, m) >= min_share)
+        return int(seen[gamma][1].sum())
 
     lo = hi = 1.0
     if count_at(1.0) >= n_modules:  # lower γ until the count falls below n_modules
@@ -261,9 +260,9 @@ def _coarsest(
             if count_at(hi) < previous or hi > 1e8:  # modules dissolve into single features
                 raise ModgraphValueError(
                     f"n_modules={n_modules} is out of reach: raising the resolution gives at "
-                    f"most {max(c for _, c in seen.values())} {kind} before they dissolve "
-                    "into single features (counts: "
-                    f"{sorted((g, c) for g, (_, c) in seen.items())}). Ask for fewer."
+                    f"most {max(int(c.sum()) for _, c in seen.values())} {kind} before they "
+                    "dissolve into single features (counts: "
+                    f"{sorted((g, int(c.sum())) for g, (_, c) in seen.items())}). Ask for fewer."
                 )
     # invariant: count(lo) < n_modules <= count(hi); narrow to a ratio of 1.03 once count(hi)
     # is exactly n_modules, further (to 1 + 1e-9) while it jumps past n_modules
@@ -272,9 +271,9 @@ def _coarsest(
             break
         mid = math.sqrt(lo * hi)
         lo, hi = (mid, hi) if count_at(mid) < n_modules else (lo, mid)
-    exact = sorted(g for g, (_, c) in seen.items() if c == n_modules)
+    exact = sorted(g for g, (_, c) in seen.items() if int(c.sum()) == n_modules)
     if not exact:
-        items = sorted((g, c) for g, (_, c) in seen.items())
+        items = sorted((g, int(c.sum())) for g, (_, c) in seen.items())
         if len(items) > 8:
             items = items[:4] + items[-4:]
         counts = ", ".join(f"γ={g:.4g}: {k}" for g, k in items)
@@ -283,7 +282,14 @@ def _coarsest(
             f"of {kind} jumps over it ({counts}). Ask for a neighbouring number of modules."
         )
     gamma = exact[0]
-    return _attach_unanchored(search, seen[gamma][0], anchors), gamma
+    logger.info(
+        "n_modules=%d: lowest resolution found %.4g (%d Leiden searches)",
+        n_modules,
+        gamma,
+        len(seen),
+    )
+    membership, counted = seen[gamma]
+    return _attach_fragments(search, membership, counted), gamma
 
 
 def leiden_modules(
@@ -293,6 +299,7 @@ def leiden_modules(
     seed: int = 0,
     n_restarts: int = 8,
     n_modules: int | None = None,
+    min_module_share: float | None = None,
 ) -> Partition:
     """Modules of an interaction graph: Leiden on the degeneracy costs, best of several seeds.
 
@@ -308,11 +315,16 @@ def leiden_modules(
     n_restarts : int >= 1
     n_modules : int, optional
         Return the coarsest partition into exactly this many modules: the lowest resolution at
-        which Leiden gives ``n_modules`` modules that hold output features (features of the last
-        node layer; for a networkx graph, any module counts), found by geometric bisection.
-        Modules holding no output feature are then merged into the output module they share
-        the most cost with, or left in no module (``-1``) if they share none. Raises if the
-        count jumps over ``n_modules`` or cannot reach it.
+        which Leiden gives ``n_modules`` modules that each hold at least ``min_module_share`` of
+        the total interaction strength, found by geometric bisection. Smaller groups are then
+        merged into the counted module they share the most cost with, or left in no module
+        (``-1``) if they share none. Raises if the count jumps over ``n_modules`` or cannot
+        reach it.
+    min_module_share : float in [0, 1), optional
+        With ``n_modules``: the share ``K_m / 2W`` of the total cost strength below which a
+        module is a fragment, not counted. Default ``0.1 / n_modules``: a tenth of an equal
+        share (5 % for two modules). 0 counts every module of two or more features. Ignored
+        without ``n_modules``.
 
     Returns
     -------
@@ -328,6 +340,10 @@ def leiden_modules(
     seed = check_seed(seed, where)
     n_restarts = int(check_int(n_restarts, "n_restarts", where, minimum=1) or 1)
     graph = _cost_graph(graph)
+    if min_module_share is not None:
+        min_module_share = check_float(
+            min_module_share, "min_module_share", where, low=0.0, high=1.0, low_open=False
+        )
     if n_modules is not None:
         n_modules = check_int(n_modules, "n_modules", where, minimum=1)
         if n_modules > graph.n_nodes:
@@ -338,8 +354,8 @@ def leiden_modules(
     if n_modules is None:
         membership, _ = search.run(resolution, seed, n_restarts)
     else:
-        anchors = _output_features(graph)
-        membership, resolution = _coarsest(search, n_modules, seed, n_restarts, anchors)
+        share = 0.1 / n_modules if min_module_share is None else min_module_share
+        membership, resolution = _coarsest(search, n_modules, share, seed, n_restarts)
     # score the relabelled partition (features in no module count as singletons)
     score = modularity_from_edges(
         search.n, search.src, search.dst, search.cost, membership, resolution

@@ -72,9 +72,9 @@ def test_n_modules_impossible_says_so():
         leiden_modules(path, n_modules=3)
 
 
-def anchored_graph() -> InteractionGraph:
-    """Two output modules A and B, a chain C that reaches an output of A only weakly, and a
-    pair D that reaches no output (epsilon 1, so cost = ½ ln E).
+def fragment_graph() -> InteractionGraph:
+    """Two large modules A and B, a chain C linked to A by one edge barely above ε, and a pair D
+    linked to nothing (epsilon 1, so the cost of an edge is ½ ln E).
 
     Features: inputs 0-1 → hidden 0-1 → outputs 0-1 (A); inputs 2-3 → hidden 2-3 → outputs 2-3
     (B); input 4 → hidden 4 → output 0 (C); input 5 → hidden 5 (D).
@@ -92,42 +92,81 @@ def anchored_graph() -> InteractionGraph:
     return InteractionGraph.from_matrices([E1, E2], epsilon=1.0)
 
 
-def test_n_modules_counts_modules_holding_outputs():
-    graph = anchored_graph()
+def strength_share(graph, members):
+    """Share of the total cost strength (sum of both ends of every edge) held by `members`."""
     ids = graph.node_ids
-    modules = lambda part: sorted(sorted(m) for m in part.modules)  # noqa: E731
-    A = ["L0:0", "L0:1", "L1:0", "L1:1", "L2:0", "L2:1"]
-    B = ["L0:2", "L0:3", "L1:2", "L1:3", "L2:2", "L2:3"]
-    C, D = ["L0:4", "L1:4"], ["L0:5", "L1:5"]
+    costs = [0.5 * np.log(np.maximum(E, 1.0)) for E in graph.edges.values()]
+    strength = np.zeros(len(ids))
+    offsets = graph.offsets
+    for l, cost in enumerate(costs):
+        strength[offsets[l] : offsets[l + 1]] += cost.sum(0)
+        strength[offsets[l + 1] : offsets[l + 2]] += cost.sum(1)
+    return strength[[ids.index(n) for n in members]].sum() / strength.sum()
+
+
+A = ["L0:0", "L0:1", "L1:0", "L1:1", "L2:0", "L2:1"]
+B = ["L0:2", "L0:3", "L1:2", "L1:3", "L2:2", "L2:3"]
+C, D = ["L0:4", "L1:4"], ["L0:5", "L1:5"]
+
+
+def modules_of(part):
+    return sorted(sorted(m) for m in part.modules)
+
+
+def test_n_modules_attaches_small_fragments():
+    graph = fragment_graph()
+    ids = graph.node_ids
+    # fragments: below the default share for two modules, 0.1 / 2 (and for one, 0.1)
+    assert strength_share(graph, C) < 0.02 and strength_share(graph, D) < 0.02
+    assert min(strength_share(graph, A), strength_share(graph, B)) > 0.4
     part = leiden_modules(graph, n_modules=2)
-    # C is attached to the output module it links to; D reaches no output and is in no module
-    assert modules(part) == sorted([sorted(A + C), sorted(B)])
+    # C is attached to the module it links to; D links to nothing and is in no module
+    assert modules_of(part) == sorted([sorted(A + C), sorted(B)])
     assert all(part.membership[ids.index(n)] == -1 for n in D)
     # at that resolution Leiden itself keeps C and D apart: the attachment did the merging
     raw = leiden_modules(graph, resolution=part.resolution)
-    assert sorted(C) in modules(raw) and sorted(D) in modules(raw)
+    assert sorted(C) in modules_of(raw) and sorted(D) in modules_of(raw)
     # the coarsest such partition: a little lower, A and B merge
     lower = leiden_modules(graph, resolution=part.resolution / 1.1)
     assert sorted(A + B) in [sorted(set(m) - set(C)) for m in lower.modules]
-    # D is a connected part of its own, yet n_modules=1 is possible: it holds no output
-    one = leiden_modules(graph, n_modules=1)
-    assert modules(one) == [sorted(A + B + C)]
+    # D is a connected part of its own, yet one module is possible: D is a fragment
+    assert modules_of(leiden_modules(graph, n_modules=1)) == [sorted(A + B + C)]
+    # counting every module, the two modules are {A, B, C} and the fragment D
+    literal = leiden_modules(graph, n_modules=2, min_module_share=0.0)
+    assert modules_of(literal) == sorted([sorted(A + B + C), sorted(D)])
     # the score and costs are those of the returned membership
     assert part.score == pytest.approx(
         modularity_score(graph, part.membership, resolution=part.resolution), abs=1e-12
     )
 
 
-def test_n_modules_needs_interacting_outputs():
-    graph = anchored_graph()
-    with pytest.raises(ValueError, match=r"4 of them output features, so at most 4 modules"):
-        leiden_modules(graph, n_modules=5)
-    cut = InteractionGraph.from_matrices([np.full((3, 4), 5.0), np.full((2, 3), 0.5)], epsilon=1.0)
-    with pytest.raises(ValueError, match="0 of them output features"):
-        leiden_modules(cut, n_modules=1)
+def test_n_modules_counts_large_modules_without_outputs():
+    """A network split by depth (as the pretrained MNIST MLP is): the early module holds no
+    output, yet it is one of the two modules."""
+    strong = np.exp(8.0)
+    E1 = np.full((3, 3), strong)  # L0 → L1: module X
+    E2 = np.zeros((3, 3))
+    E2[0, 0] = np.exp(2.0)  # L1 → L2: one link between X and Y (cost 1)
+    E3 = np.full((2, 3), strong)  # L2 → L3 (the output): module Y
+    graph = InteractionGraph.from_matrices([E1, E2, E3], epsilon=1.0)
+    X = [f"L{l}:{i}" for l in (0, 1) for i in range(3)]
+    Y = [f"L2:{i}" for i in range(3)] + ["L3:0", "L3:1"]
+    part = leiden_modules(graph, n_modules=2)
+    assert modules_of(part) == sorted([sorted(X), sorted(Y)])
+
+
+def test_n_modules_impossible_with_a_share_says_so():
+    graph = fragment_graph()
+    with pytest.raises(ValueError, match=r"at most 3 modules .* holding ≥ 0.3 .*min_module_share"):
+        leiden_modules(graph, n_modules=4, min_module_share=0.3)
     parts = InteractionGraph.from_matrices([np.eye(2) * 9.0], epsilon=1.0)
-    with pytest.raises(ValueError, match="2 separate connected parts that hold output features"):
+    with pytest.raises(ValueError, match="2 separate connected parts of that share"):
         leiden_modules(parts, n_modules=1)
+    for bad, error in [(-0.1, ValueError), (1.0, ValueError), (float("nan"), ValueError)]:
+        with pytest.raises(error, match="'min_module_share'"):
+            leiden_modules(graph, n_modules=2, min_module_share=bad)
+    with pytest.raises(TypeError, match="'min_module_share'"):
+        leiden_modules(graph, n_modules=2, min_module_share="small")
 
 
 def test_isolated_graph_gives_no_modules():

@@ -10,8 +10,16 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score, homogeneity_score
 
-from modgraph import ModuleResult, find_modules, modularity_score
-from modgraph.toy import accuracy, block_diagonal_mlp, obfuscate, train_mlp, two_task_digits
+from modgraph import ModuleResult, find_modules, interaction_graph, leiden_modules, modularity_score
+from modgraph.toy import (
+    accuracy,
+    block_diagonal_mlp,
+    digits_as_mnist,
+    load_mnist_mlp,
+    obfuscate,
+    train_mlp,
+    two_task_digits,
+)
 from tests.blocks import feature_blocks, match_features, product_data, sequential_node_inputs
 
 N1, N2 = 50, 40
@@ -218,6 +226,21 @@ def test_two_task_split_is_not_a_lucky_seed(two_task):
         aris.append(adjusted_rand_score(truth[sel], result.partition.membership[sel]))
     print("2-module split vs tasks, ARI per training seed:", np.round(aris, 2))
     assert np.median(aris) >= 0.9, aris
+
+
+def test_n_modules_on_the_pretrained_mnist_mlp():
+    """A model no one here shaped. At γ = 1 it splits by depth: an early module that holds no
+    output feature, and the module of the logits. Both are large, so n_modules=2 returns them
+    (found at a lower resolution: the coarsest partition with two modules)."""
+    x, _ = digits_as_mnist()
+    graph = interaction_graph(load_mnist_mlp(), x, progress=False)
+    at_one = leiden_modules(graph)
+    two = leiden_modules(graph, n_modules=2)
+    assert len(at_one.modules) == 2
+    assert sorted(map(sorted, two.modules)) == sorted(map(sorted, at_one.modules))
+    assert two.resolution < 1.0
+    holds_output = [any(n.startswith("output:") for n in m) for m in at_one.modules]
+    assert sorted(holds_output) == [False, True]
 
 
 def test_two_task_split_cuts_far_less_than_one_task(two_task, one_task):
