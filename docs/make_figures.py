@@ -6,7 +6,7 @@ modules, finds their modules and draws them::
     python docs/make_figures.py [--out docs/images] [--n-modules 2 | --resolution 0.5]
 
 The two-task MLP is split into two modules by default (``n_modules=2``, the coarsest partition
-with two modules holding outputs): they are the two tasks, the figure's point. ``--resolution``
+into two modules): they are the two tasks, the figure's point. ``--resolution``
 partitions it at a fixed ``γ`` instead (finer: several modules per task).
 
 Writes ``modules.png`` (layered module graph of the two-task MLP), ``module_map.png`` (features

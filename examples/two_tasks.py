@@ -18,8 +18,8 @@ Run::
 
     python examples/two_tasks.py [--out out/examples/two_tasks] [--quick] [--seed 0]
 
-The same report follows for ``n_modules=2``: the coarsest partition into two modules that hold
-outputs, which should be the two tasks.
+The same report follows for ``n_modules=2``: the coarsest partition into two modules, which
+should be the two tasks.
 
 Writes ``modules.png`` (the layered module graph at resolution 1.0), ``modules_res0.5.png`` (at
 resolution 0.5), ``modules_2.png`` (with ``n_modules=2``) and ``module_map.png`` (features per
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         results[resolution] = find_modules(
             model, data.x, resolution=resolution, seed=args.seed, progress=False
         )
-    # the coarsest partition with two modules that hold outputs
+    # the coarsest partition into two modules (small fragments attached)
     two = find_modules(model, data.x, n_modules=2, seed=args.seed, progress=False)
     truth, purity = task_of_features(
         model, results[1.0], data.x, data.n_first_inputs, seed=args.seed

@@ -280,7 +280,7 @@ def test_identical_tasks_limitation(two_task):
         f"cuts {100 * split:.2f} % (asymmetric tasks: {100 * asymmetric:.2f} %)"
     )
     # measured: homogeneity 0.915 (1.0 for the asymmetric two-task network), leak 3.7 % / 2.8 %,
-    # split 22.4 % vs 2.74 % (the one-task control: 28.5 %)
+    # split 22.4 % vs 2.74 % (the one-task control: 17.2 %)
     assert homogeneity < 0.95  # modules mix the two tasks, unlike the asymmetric case
     assert min(leak) > 0.01  # and the network itself couples them
     assert split >= 3 * asymmetric  # the two halves interact about as much as one task's parts
