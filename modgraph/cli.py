@@ -142,6 +142,7 @@ def _run(args: argparse.Namespace) -> int:
         args.layers,
         resolution=args.resolution,
         n_modules=args.n_modules,
+        min_module_share=args.min_module_share,
         epsilon=args.epsilon,
         tau=args.tau,
         variant=args.variant,
@@ -209,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="the coarsest partition into this many modules (ignores --resolution)",
+    )
+    run.add_argument(
+        "--min-module-share",
+        type=float,
+        default=None,
+        help="with --n-modules: modules below this share of the interaction strength are "
+        "fragments (default 0.1 / n-modules)",
     )
     run.add_argument("--epsilon", type=float, default=None)
     run.add_argument("--tau", type=float, default=1e-4)

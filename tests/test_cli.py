@@ -77,17 +77,19 @@ def test_run_on_a_user_model_with_weights(user, fmt, capsys):
     np.testing.assert_allclose(got, var, rtol=1e-5)
 
 
-def test_run_with_n_modules_matches_the_python_api(user, capsys):
+@pytest.mark.parametrize("share", [None, 0.0], ids=["default", "every_module"])
+def test_run_with_n_modules_matches_the_python_api(user, share, capsys):
     name, model, tmp = user
     torch.save(model.state_dict(), tmp / "w.pt")
+    extra = [] if share is None else ["--min-module-share", str(share)]
     rc = main(
         ["run", "--model", f"{name}:make", "--weights", "w.pt", "--data", f"{name}:data",
-         "--out", "out", "--n-modules", "2", "--quiet"]
+         "--out", "out", "--n-modules", "2", "--quiet", *extra]
     )  # fmt: skip
     assert rc == 0
     assert "\n2 modules over" in "\n" + capsys.readouterr().out
     x = torch.randn(400, 6, generator=torch.Generator().manual_seed(0))
-    expected = find_modules(model, x, n_modules=2, seed=0, progress=False)
+    expected = find_modules(model, x, n_modules=2, min_module_share=share, seed=0, progress=False)
     G = nx.read_graphml(tmp / "out" / "modules.graphml")
     assert {n: d["module"] for n, d in G.nodes(data=True)} == expected.membership
     assert G.graph["resolution"] == pytest.approx(expected.resolution, rel=1e-12)
