@@ -34,7 +34,7 @@ from torch import nn
 
 from modgraph import ModuleResult, find_modules
 from modgraph.plot import plot_modules
-from modgraph.toy import block_diagonal_mlp, obfuscate
+from modgraph.toy import block_diagonal_mlp, node_inputs, obfuscate
 
 BLOCKS = [[5, 12, 10, 3], [4, 12, 10, 2]]
 
@@ -53,17 +53,6 @@ def product_data(n1: int, n2: int, d1: int, d2: int, seed: int) -> torch.Tensor:
     a = torch.randn(n1, d1, generator=gen, dtype=torch.float64)
     b = torch.randn(n2, d2, generator=gen, dtype=torch.float64)
     return torch.cat([a.repeat_interleave(n2, 0), b.repeat(n1, 1)], 1)
-
-
-def node_inputs(model: nn.Sequential, x: torch.Tensor) -> list[np.ndarray]:
-    """The input of every Linear of a Sequential, then the output (the node layers)."""
-    acts, h = [], x
-    with torch.no_grad():
-        for layer in model:
-            if isinstance(layer, nn.Linear):
-                acts.append(h.numpy())
-            h = layer(h)
-    return [*acts, h.numpy()]
 
 
 def match_features(f: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -39,21 +39,9 @@ from torch import nn
 
 from modgraph import ModuleResult, find_modules
 from modgraph.plot import plot_module_map, plot_modules
-from modgraph.toy import accuracy, train_mlp, two_task_digits
+from modgraph.toy import accuracy, node_inputs, train_mlp, two_task_digits
 
 TASKS = ("class", "parity")
-
-
-def node_inputs(model: nn.Sequential, x: torch.Tensor) -> list[np.ndarray]:
-    """The input of every Linear of a Sequential, then the output: the node layers of
-    ``find_modules`` for an MLP, in order."""
-    acts, h = [], x
-    with torch.no_grad():
-        for layer in model:
-            if isinstance(layer, nn.Linear):
-                acts.append(h.numpy())
-            h = layer(h)
-    return [*acts, h.numpy()]
 
 
 def task_of_features(
@@ -141,26 +129,18 @@ def run(args: argparse.Namespace) -> int:
         f"n_modules=2 (found resolution {two.resolution:.3g})", two, truth, data.n_second_outputs
     )
 
-    one = results[1.0]
-    plot_modules(
-        one,
-        path=args.out / "modules.png",
-        title=f"Two-task MLP (digit class + parity), γ = 1: {one.n_modules} modules, "
-        f"{100 * one.cross_fraction:.1f}% of the cost between them",
-    )
-    half = results[0.5]
-    plot_modules(
-        half,
-        path=args.out / "modules_res0.5.png",
-        title=f"Two-task MLP (digit class + parity), γ = 0.5: {half.n_modules} modules, "
-        f"{100 * half.cross_fraction:.1f}% of the cost between them",
-    )
-    plot_modules(
-        two,
-        path=args.out / "modules_2.png",
-        title=f"Two-task MLP (digit class + parity), n_modules=2: "
-        f"{100 * two.cross_fraction:.1f}% of the cost between them",
-    )
+    one, half = results[1.0], results[0.5]
+    for result, name, setting in [
+        (one, "modules.png", f"γ = 1: {one.n_modules} modules, "),
+        (half, "modules_res0.5.png", f"γ = 0.5: {half.n_modules} modules, "),
+        (two, "modules_2.png", "n_modules=2: "),
+    ]:
+        plot_modules(
+            result,
+            path=args.out / name,
+            title=f"Two-task MLP (digit class + parity), {setting}"
+            f"{100 * result.cross_fraction:.1f}% of the cost between them",
+        )
     plot_module_map(one, path=args.out / "module_map.png")
     print(f"\nfigures in {args.out} ({time.perf_counter() - start:.1f} s)")
     return 0

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ._validate import check_choice, check_dtype, check_float, check_int, check_model, check_seed
-from .capture import OUTPUT, Section, Session, session
+from .capture import OUTPUT, Plan, Section, Session, session
 from .errors import ModgraphValueError
 
 __all__ = ["BasisOptions", "InteractionBasis", "interaction_basis"]
@@ -253,6 +253,20 @@ def check_width(name: str, a: torch.Tensor, d: int, batch: int) -> None:
         )
 
 
+def add_layer_moments(
+    moments: dict[str, Moments], acts: dict[str, torch.Tensor], plan: Plan, batch: int
+) -> None:
+    """Check one batch's activations of every node layer of ``plan`` (width, finiteness) and add
+    them to that layer's running :class:`Moments` (started on the first batch)."""
+    for name in plan.names:
+        a = acts[name]
+        check_width(name, a, plan.dims[name], batch)
+        check_finite(name, a, batch)
+        if name not in moments:
+            moments[name] = Moments.start(a)
+        moments[name].add(a)
+
+
 def accumulate_statistics(
     sess: Session, *, coactivation: bool = True, desc: str = "moments"
 ) -> Statistics:
@@ -269,13 +283,7 @@ def accumulate_statistics(
     with torch.no_grad():
         for b, x in enumerate(sess.batches(desc)):
             acts = sess.tracer.run(x, record=plan.names)
-            for name in plan.names:
-                a = acts[name]
-                check_width(name, a, plan.dims[name], b)
-                check_finite(name, a, b)
-                if name not in moments:
-                    moments[name] = Moments.start(a)
-                moments[name].add(a)
+            add_layer_moments(moments, acts, plan, b)
             for s in need:
                 slope = slope_from_output(s, acts[s.target])
                 if slope is None:

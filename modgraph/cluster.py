@@ -18,7 +18,13 @@ from scipy.sparse import triu as sp_triu
 
 from ._validate import check_float, check_int, check_seed
 from .errors import ModgraphTypeError, ModgraphValueError
-from .modularity import canonical_membership, check_weights, cost_split, modularity_from_edges
+from .modularity import (
+    canonical_membership,
+    check_weights,
+    cost_split,
+    modularity_from_edges,
+    node_strength,
+)
 
 __all__ = ["Partition", "leiden_modules"]
 
@@ -117,6 +123,7 @@ class _Search:
         self.src, self.dst, self.cost = graph.undirected_edges("cost")
         self.g = ig.Graph(n=self.n, edges=np.column_stack([self.src, self.dst]), directed=False)
         self.g.es["cost"] = self.cost
+        self.strength = node_strength(self.n, self.src, self.dst, self.cost)  # k_i, shape (n,)
 
     def run(self, resolution: float, seed: int, n_restarts: int) -> tuple[np.ndarray, float]:
         import leidenalg as la
@@ -148,12 +155,9 @@ class _Search:
 def _shares(search: _Search, membership: np.ndarray) -> np.ndarray:
     """Each module's share of the total interaction strength, ``K_m / 2W``, shape (n_modules,)."""
     k = int(membership.max(initial=-1)) + 1
-    strength = np.bincount(
-        np.r_[search.src, search.dst], weights=np.r_[search.cost, search.cost], minlength=search.n
-    )
     inside = membership >= 0
-    per_module = np.bincount(membership[inside], weights=strength[inside], minlength=k)
-    total = strength.sum()
+    per_module = np.bincount(membership[inside], search.strength[inside], minlength=k)
+    total = search.strength.sum()
     return per_module / total if total > 0 else per_module
 
 
@@ -164,20 +168,15 @@ def _attach_fragments(search: _Search, membership: np.ndarray, counted: np.ndarr
     module (``-1``). Returns the membership renumbered by size."""
     m = membership.copy()
     k = counted.shape[0]
-    counted = counted.copy()
+    a, b = m[search.src], m[search.dst]
+    between = (a >= 0) & (b >= 0) & (a != b)
+    links = np.zeros((k, k))  # cost between modules, symmetric
+    np.add.at(links, (a[between], b[between]), search.cost[between])
+    links += links.T
+    heads = np.flatnonzero(counted)
+    fragments = np.flatnonzero(~counted)
     attached = 0
-    while True:
-        present = np.zeros(k, dtype=bool)
-        present[m[m >= 0]] = True
-        fragments = np.flatnonzero(present & ~counted)
-        if fragments.size == 0:
-            break
-        heads = np.flatnonzero(present & counted)
-        a, b = m[search.src], m[search.dst]
-        between = (a >= 0) & (b >= 0) & (a != b)
-        links = np.zeros((k, k))
-        np.add.at(links, (a[between], b[between]), search.cost[between])
-        links += links.T
+    while fragments.size:
         to_heads = links[np.ix_(fragments, heads)]
         if to_heads.size == 0 or to_heads.max() <= 0.0:
             dropped = np.isin(m, fragments)
@@ -190,7 +189,12 @@ def _attach_fragments(search: _Search, membership: np.ndarray, counted: np.ndarr
             m[dropped] = -1
             break
         i, j = np.unravel_index(int(to_heads.argmax()), to_heads.shape)
-        m[m == fragments[i]] = heads[j]
+        f, h = fragments[i], heads[j]
+        m[m == f] = h
+        links[h] += links[f]  # the merged module keeps the fragment's links
+        links[:, h] += links[:, f]
+        links[h, h] = 0.0
+        fragments = np.delete(fragments, i)
         attached += 1
     if attached:
         logger.info("n_modules: %d small groups attached to the modules they link to", attached)
@@ -209,12 +213,11 @@ def _coarsest(
     (further while the count there jumps past ``n_modules``), and take the lowest ``γ`` seen
     whose partition has exactly ``n_modules`` of them; smaller modules are then attached.
     """
-    parts = [np.asarray(p) for p in search.g.connected_components() if len(p) >= 2]
-    part_of = np.full(search.n, -1, dtype=np.int64)
-    for i, p in enumerate(parts):
-        part_of[p] = i
-    big_parts = int((_shares(search, part_of) >= min_share).sum()) if parts else 0
-    interacting = len(part_of[part_of >= 0])
+    # connected parts of two or more features, numbered; -1 for isolated features
+    part_of = _relabel(np.asarray(search.g.connected_components().membership))
+    n_parts = int(part_of.max(initial=-1)) + 1
+    big_parts = int((_shares(search, part_of) >= min_share).sum())
+    interacting = int((part_of >= 0).sum())
     kind = "modules of two or more features" + (
         f" holding ≥ {min_share:.3g} of the interaction strength" if min_share > 0 else ""
     )
@@ -245,7 +248,7 @@ def _coarsest(
     lo = hi = 1.0
     if count_at(1.0) >= n_modules:  # lower γ until the count falls below n_modules
         # (or until the modules are the connected parts: no lower γ can merge more)
-        while count_at(lo) >= n_modules and lo > 1e-8 and seen[lo][0].max() + 1 > len(parts):
+        while count_at(lo) >= n_modules and lo > 1e-8 and seen[lo][0].max() + 1 > n_parts:
             hi, lo = lo, lo / 4
     else:  # raise γ until the count reaches n_modules
         while count_at(hi) < n_modules:

@@ -42,8 +42,7 @@ from torch import nn
 from ._validate import check_dtype, check_float, check_int, check_model
 from .basis import (
     Moments,
-    check_finite,
-    check_width,
+    add_layer_moments,
     count_kept,
     covariance_cut,
     global_jacobian_grams,
@@ -703,13 +702,7 @@ def _first_pass(sess: Session, sets: list[_SetPlan]) -> dict[str, Moments]:
     with torch.no_grad():
         for b, x in enumerate(sess.batches("degeneracy: moments and firing")):
             acts = sess.tracer.run(x, record=plan.names)
-            for name in plan.names:
-                a = acts[name]
-                check_width(name, a, plan.dims[name], b)
-                check_finite(name, a, b)
-                if name not in moments:
-                    moments[name] = Moments.start(a)
-                moments[name].add(a)
+            add_layer_moments(moments, acts, plan, b)
             for f in firings:
                 f.add(acts[f.section.source], acts[f.section.target])
     return moments

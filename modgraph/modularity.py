@@ -107,6 +107,11 @@ def canonical_membership(membership: np.ndarray) -> np.ndarray:
     return m
 
 
+def node_strength(n: int, src: np.ndarray, dst: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``k_i = Σ_j w_ij`` of every node, shape (n,), from an undirected edge list (each edge once)."""
+    return np.bincount(src, weight, minlength=n) + np.bincount(dst, weight, minlength=n)
+
+
 def modularity_from_edges(
     n: int,
     src: np.ndarray,
@@ -125,8 +130,7 @@ def modularity_from_edges(
     if two_w == 0.0:
         return 0.0
     internal = 2.0 * float(weight[m[src] == m[dst]].sum())
-    strength = np.bincount(src, weight, minlength=n) + np.bincount(dst, weight, minlength=n)
-    per_module = np.bincount(m, strength)
+    per_module = np.bincount(m, node_strength(n, src, dst, weight))
     return (internal - resolution * float(per_module @ per_module) / two_w) / two_w
 
 

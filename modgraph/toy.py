@@ -26,6 +26,7 @@ __all__ = [
     "digits_as_mnist",
     "load_mnist_mlp",
     "mlp",
+    "node_inputs",
     "obfuscate",
     "train_mlp",
     "two_task_digits",
@@ -56,6 +57,18 @@ def mlp(
         if i < len(widths) - 2 and i + 1 not in linear_at:
             layers.append(activation())
     return nn.Sequential(*layers)
+
+
+def node_inputs(model: nn.Sequential, x: torch.Tensor) -> list[np.ndarray]:
+    """The node layers of ``find_modules`` for a Sequential MLP, evaluated on ``x (N, d)``: the
+    input of every ``nn.Linear`` in order, then the output; arrays of shape (N, width)."""
+    acts, h = [], x
+    with torch.no_grad():
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                acts.append(h.numpy())
+            h = layer(h)
+    return [*acts, h.numpy()]
 
 
 def _linears(model: nn.Sequential) -> list[int]:

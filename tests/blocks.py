@@ -48,8 +48,9 @@ def feature_blocks(bases, acts, n1: int, n2: int) -> tuple[np.ndarray, np.ndarra
     return np.concatenate(labels), np.concatenate(purity)
 
 
-def match_features(f: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """For every column of f, the index of the column of g with the largest |correlation|."""
+def match_features(f: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every column of f, the index of the column of g with the largest |correlation|, and
+    that |correlation|."""
     fz = (f - f.mean(0)) / (f.std(0) + 1e-300)
     gz = (g - g.mean(0)) / (g.std(0) + 1e-300)
     corr = np.abs(fz.T @ gz) / f.shape[0]

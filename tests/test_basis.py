@@ -11,6 +11,7 @@ from torch import nn
 from modgraph import interaction_basis
 from modgraph.capture import make_plan
 from modgraph.toy import mlp, obfuscate
+from tests.blocks import sequential_node_inputs
 from tests.reference import brute_basis, match_up_to_sign
 from tests.zoo import Custom, cases, correlated_inputs
 
@@ -120,20 +121,10 @@ def test_invariant_to_function_preserving_reparameterisation(variant):
         assert u.k == v.k, (n1, u.k, v.k)
         np.testing.assert_allclose(u.eigenvalues, v.eigenvalues, rtol=1e-6)
     # features as functions of x agree up to sign, layer by layer
-    acts = _sequential_inputs(model, x)
-    acts_twin = _sequential_inputs(twin, x)
+    acts = sequential_node_inputs(model, x)
+    acts_twin = sequential_node_inputs(twin, x)
     for (n1, u), (_n2, v), a, b in zip(b1.items(), b2.items(), acts, acts_twin):
         assert match_up_to_sign(u.transform(a), v.transform(b)) < 1e-6, n1
-
-
-def _sequential_inputs(model, x):
-    out, h = [], x
-    with torch.no_grad():
-        for m in model:
-            if isinstance(m, nn.Linear):
-                out.append(h.numpy())
-            h = m(h)
-    return [*out, h.numpy()]
 
 
 def test_linear_network_gives_signed_permutation():
