@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Two-task MLP (digit class + parity), γ = {two.resolution:.3g}: {two.n_modules} "
         f"modules, {100 * two.cross_fraction:.1f}% of the cost between them"
     )
-    plot_modules(two, path=args.out / "modules.png", title=title)
-    plot_module_map(two, path=args.out / "module_map.png")
+    plot_modules(two.interaction_graph, two.partition, path=args.out / "modules.png", title=title)
+    plot_module_map(two.interaction_graph, two.partition, path=args.out / "module_map.png")
 
     planted = planted_result()
     logger.info("planted modules:\n%s", planted.summary())
@@ -83,9 +83,16 @@ def main(argv: list[str] | None = None) -> None:
         f"Block-diagonal MLP with {planted.n_modules} planted modules: "
         f"{100 * planted.cross_fraction:.1f}% of the cost between them"
     )
-    plot_modules(planted, path=args.out / "planted_modules.png", title=title)
+    plot_modules(
+        planted.interaction_graph,
+        planted.partition,
+        path=args.out / "planted_modules.png",
+        title=title,
+    )
     layer = planted.interaction_graph.layers[1]
-    plot_interactions(planted, layer, path=args.out / "interactions.png")
+    plot_interactions(
+        planted.interaction_graph, planted.partition, layer, path=args.out / "interactions.png"
+    )
     logger.info("figures in %s (%.1f s)", args.out, time.perf_counter() - start)
 
 

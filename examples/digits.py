@@ -30,7 +30,7 @@ from torch import nn
 
 from modgraph import find_modules
 from modgraph.degeneracy import degeneracy_report
-from modgraph.plot import plot_modules
+from modgraph.plot import plot_modules, plot_spectra
 
 WIDTHS = (64, 48, 48, 10)
 
@@ -102,12 +102,13 @@ def run(args: argparse.Namespace) -> int:
     print(report)
 
     plot_modules(
-        result,
+        result.interaction_graph,
+        result.partition,
         path=args.out / "modules.png",
         title=f"MLP on scikit-learn digits: {result.n_modules} modules "
         f"(Q_deg = {result.score:.3f}, {100 * result.cross_fraction:.1f}% of the cost between them)",
     )
-    report.plot_spectra(path=args.out / "spectra.png")
+    plot_spectra(report, path=args.out / "spectra.png")
     print(f"\nfigures in {args.out} ({time.perf_counter() - start:.1f} s)")
     return 0
 

@@ -187,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
     )
     for ax, (name, result) in zip(axes[1], results.items()):
         plot_modules(
-            result,
+            result.interaction_graph,
+            result.partition,
             ax=ax,
             title=f"{name}, interaction basis: {result.n_modules} modules, "
             f"Q_deg = {result.score:.4f}",

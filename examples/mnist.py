@@ -59,12 +59,15 @@ def run(args: argparse.Namespace) -> int:
         "directions, so the first layer keeps few features)"
     )
     plot_modules(
-        result,
+        result.interaction_graph,
+        result.partition,
         path=args.out / "modules.png",
         title=f"Pretrained MNIST MLP on upsampled digits: {result.n_modules} modules "
         f"(Q_deg = {result.score:.3f}, {100 * result.cross_fraction:.1f}% of the cost between them)",
     )
-    plot_interactions(result, g.layers[0], path=args.out / "interactions.png")
+    plot_interactions(
+        result.interaction_graph, result.partition, g.layers[0], path=args.out / "interactions.png"
+    )
     print(f"\nfigures in {args.out} ({time.perf_counter() - start:.1f} s)")
     return 0
 

@@ -83,10 +83,8 @@ def report(name: str, result: ModuleResult, truth: np.ndarray, n_second_outputs:
     inside = m >= 0
     homogeneity = float(homogeneity_score(truth[inside], m[inside])) if inside.any() else 0.0
     print(f"homogeneity of tasks within modules: {homogeneity:.3f}  (1 = no module mixes tasks)")
-    class_out = sorted({result.membership[f"output:{i}"] for i in range(10)})
-    parity_out = sorted(
-        {result.membership[f"output:{i}"] for i in range(10, 10 + n_second_outputs)}
-    )
+    class_out = sorted({result.module_of[f"output:{i}"] for i in range(10)})
+    parity_out = sorted({result.module_of[f"output:{i}"] for i in range(10, 10 + n_second_outputs)})
     print(f"modules of the class outputs  (output:0..9):   {class_out}  (-1: in no module)")
     print(f"modules of the parity outputs (output:10..11): {parity_out}")
     separated = not set(class_out) & set(parity_out) and -1 not in class_out + parity_out
@@ -136,12 +134,13 @@ def run(args: argparse.Namespace) -> int:
         (two, "modules_2.png", "n_modules=2: "),
     ]:
         plot_modules(
-            result,
+            result.interaction_graph,
+            result.partition,
             path=args.out / name,
             title=f"Two-task MLP (digit class + parity), {setting}"
             f"{100 * result.cross_fraction:.1f}% of the cost between them",
         )
-    plot_module_map(one, path=args.out / "module_map.png")
+    plot_module_map(one.interaction_graph, one.partition, path=args.out / "module_map.png")
     print(f"\nfigures in {args.out} ({time.perf_counter() - start:.1f} s)")
     return 0
 

@@ -8,7 +8,7 @@ arXiv 2405.10927 ("Using Degeneracy in the Loss Landscape for Mechanistic Interp
 >>> print(result.summary())  # doctest: +SKIP
 """
 
-from .api import ModuleResult, find_modules
+from .api import find_modules
 from .basis import InteractionBasis, interaction_basis
 from .cluster import Partition, leiden_modules
 from .degeneracy import DegeneracyReport, LayerDegeneracy, UnitSetDegeneracy, degeneracy_report
@@ -17,6 +17,8 @@ from .graph import InteractionGraph
 from .interactions import interaction_graph
 from .io import read_graphml
 from .modularity import PartitionCost, degeneracy_cost, modularity_score, partition_cost
+from .options import Options
+from .result import ModuleResult
 
 __version__ = "0.1.0"
 
@@ -29,6 +31,7 @@ __all__ = [
     "ModgraphTypeError",
     "ModgraphValueError",
     "ModuleResult",
+    "Options",
     "Partition",
     "PartitionCost",
     "UnitSetDegeneracy",

@@ -91,7 +91,7 @@ def _write_outputs(result: Any, out: Path, *, title: str) -> None:
     result.to_json(out / "modules.json")
     from .plot import plot_modules
 
-    plot_modules(result, path=out / "modules.png", title=title)
+    plot_modules(result.interaction_graph, result.partition, path=out / "modules.png", title=title)
     logger.info(
         "wrote %s",
         ", ".join(str(out / n) for n in ("modules.graphml", "modules.json", "modules.png")),
@@ -109,8 +109,8 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"trained: class accuracy {acc[0]:.3f}, parity accuracy {acc[1]:.3f}")
     result = find_modules(model, data.x, seed=args.seed, progress=not args.quiet)
     print(result.summary())
-    parity = {result.membership[f"output:{i}"] for i in range(10, 10 + data.n_second_outputs)}
-    classes = {result.membership[f"output:{i}"] for i in range(10)}
+    parity = {result.module_of[f"output:{i}"] for i in range(10, 10 + data.n_second_outputs)}
+    classes = {result.module_of[f"output:{i}"] for i in range(10)}
     print(
         f"module(s) of the class outputs: {sorted(classes)}; of the parity outputs: {sorted(parity)}"
     )

@@ -16,15 +16,15 @@ from typing import Any
 import numpy as np
 from scipy.sparse import triu as sp_triu
 
-from ._validate import check_float, check_int, check_seed
 from .errors import ModgraphTypeError, ModgraphValueError
+from .graph import InteractionGraph, check_weights
 from .modularity import (
     canonical_membership,
-    check_weights,
     cost_split,
     modularity_from_edges,
     node_strength,
 )
+from .options import Options
 
 __all__ = ["Partition", "leiden_modules"]
 
@@ -99,7 +99,7 @@ class _NetworkxCosts:
 
 
 def _cost_graph(graph: Any) -> Any:
-    if hasattr(graph, "undirected_edges"):
+    if isinstance(graph, InteractionGraph):
         return graph
     try:
         import networkx as nx
@@ -338,26 +338,25 @@ def leiden_modules(
     ModgraphValueError
         Bad parameters, or an unreachable ``n_modules``.
     """
-    where = "leiden_modules"
-    resolution = check_float(resolution, "resolution", where, low=0.0)
-    seed = check_seed(seed, where)
-    n_restarts = int(check_int(n_restarts, "n_restarts", where, minimum=1) or 1)
+    options = Options.from_arguments(locals(), "leiden_modules")
+    return search_modules(graph, options)
+
+
+def search_modules(graph: Any, options: Options) -> Partition:
+    """:func:`leiden_modules` with validated ``options`` (``resolution``, ``seed``,
+    ``n_restarts``, ``n_modules``, ``min_module_share``)."""
     graph = _cost_graph(graph)
-    if min_module_share is not None:
-        min_module_share = check_float(
-            min_module_share, "min_module_share", where, low=0.0, high=1.0, low_open=False
+    resolution, seed, n_restarts = options.resolution, options.seed, options.n_restarts
+    n_modules = options.n_modules
+    if n_modules is not None and n_modules > graph.n_nodes:
+        raise ModgraphValueError(
+            f"n_modules={n_modules} is larger than the number of features ({graph.n_nodes})."
         )
-    if n_modules is not None:
-        n_modules = check_int(n_modules, "n_modules", where, minimum=1)
-        if n_modules > graph.n_nodes:
-            raise ModgraphValueError(
-                f"n_modules={n_modules} is larger than the number of features ({graph.n_nodes})."
-            )
     search = _Search(graph)
     if n_modules is None:
         membership, _ = search.run(resolution, seed, n_restarts)
     else:
-        share = 0.1 / n_modules if min_module_share is None else min_module_share
+        share = 0.1 / n_modules if options.min_module_share is None else options.min_module_share
         membership, resolution = _coarsest(search, n_modules, share, seed, n_restarts)
     # score the relabelled partition (features in no module count as singletons)
     score = modularity_from_edges(

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ModgraphValueError
+from ._validate import check_float
+from .errors import ModgraphTypeError, ModgraphValueError
 from .io import write_graphml
-from .modularity import check_weights, degeneracy_cost
 
 if TYPE_CHECKING:
     import igraph
@@ -28,7 +28,51 @@ if TYPE_CHECKING:
 
     from .basis import InteractionBasis
 
-__all__ = ["InteractionGraph"]
+__all__ = ["InteractionGraph", "degeneracy_cost"]
+
+
+def degeneracy_cost(E: np.ndarray, epsilon: float) -> np.ndarray:
+    """Degeneracy cost of interactions: ``c = ½ · max(0, ln(E / ε))`` in nats.
+
+    Parameters
+    ----------
+    E : array_like, shape (...)
+        Interaction strengths, finite and ``>= 0``.
+    epsilon : float
+        Interaction tolerance ``ε > 0`` (same units as ``E``).
+
+    Returns
+    -------
+    ndarray, shape (...)
+        Costs, 0 where ``E <= ε``.
+
+    Examples
+    --------
+    >>> float(degeneracy_cost([1e-6, 1.0, 1e4], 1.0)[2])  # ½ ln 1e4
+    4.605170185988092
+    """
+    epsilon = check_float(epsilon, "epsilon", "degeneracy_cost", low=0.0)
+    E = np.asarray(E, dtype=np.float64)
+    check_weights(E, "E", "degeneracy_cost")
+    with np.errstate(divide="ignore"):
+        return 0.5 * np.maximum(0.0, np.log(np.maximum(E, 0.0) / epsilon))
+
+
+def check_weights(w: np.ndarray, name: str, where: str) -> None:
+    """Weights must be finite and non-negative (leidenalg raises BaseException otherwise)."""
+    if w.size == 0:
+        return
+    finite = np.isfinite(w)
+    if not finite.all():
+        raise ModgraphValueError(
+            f"{where}: {name} holds {int((~finite).sum())} NaN/Inf values; interaction strengths "
+            "must be finite. Recompute them from finite activations."
+        )
+    if (w < 0).any():
+        raise ModgraphValueError(
+            f"{where}: {name} holds {int((w < 0).sum())} negative values (smallest "
+            f"{float(w.min()):.3g}); interaction strengths and costs must be >= 0."
+        )
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -170,12 +214,49 @@ class InteractionGraph:
         return float(sum(c.sum() for c in self.costs().values()))
 
     # ---------------------------------------------------------------- exports
+    def membership_array(self, membership: Any, where: str = "InteractionGraph") -> np.ndarray:
+        """Membership as an int array ``(n_nodes,)`` in node order, from a dict (node id → label)
+        or a sequence of labels in :attr:`node_ids` order; errors name ``where``."""
+        ids = self.node_ids
+        n = len(ids)
+        if isinstance(membership, Mapping):
+            index = self.node_index
+            unknown = [k for k in membership if k not in index]
+            if unknown:
+                raise ModgraphValueError(
+                    f"{where}: membership names {len(unknown)} unknown node ids (first: "
+                    f"{unknown[0]!r}); node ids look like {ids[0]!r} (see graph.node_ids)."
+                )
+            if len(membership) != n:
+                raise ModgraphValueError(
+                    f"{where}: membership gives {len(membership)} of the {n} nodes; give every "
+                    "node a module (-1 for none)."
+                )
+            out = np.empty(n, dtype=np.int64)
+            keys = np.fromiter((index[k] for k in membership), dtype=np.int64, count=n)
+            out[keys] = np.fromiter(membership.values(), dtype=np.int64, count=n)
+            return out
+        if isinstance(membership, (str, bytes)) or not isinstance(
+            membership, (Sequence, np.ndarray)
+        ):
+            raise ModgraphTypeError(
+                f"{where}: membership must be a dict node id → module or a sequence of ints in node "
+                f"order. Got {type(membership).__name__}."
+            )
+        arr = np.asarray(membership)
+        if arr.ndim != 1 or arr.shape[0] != n:
+            raise ModgraphValueError(
+                f"{where}: membership has shape {arr.shape}; expected ({n},), one label per node in "
+                "graph.node_ids order."
+            )
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise ModgraphTypeError(f"{where}: membership labels must be ints; got {arr.dtype}.")
+        return arr.astype(np.int64)
+
     def _membership(self, membership: Any) -> np.ndarray | None:
         if membership is None:
             return None
-        from .modularity import membership_array
-
-        return membership_array(self, membership, "InteractionGraph export")
+        return self.membership_array(membership, "InteractionGraph export")
 
     def to_networkx(
         self, membership: Any = None, *, min_weight: float | None = None

@@ -18,7 +18,6 @@ C_{l+1}ᵀ J(x) C_l⁺ᵀ``, every sum is a float64 accumulation over batches of
 from __future__ import annotations
 
 import logging
-import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -26,19 +25,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._validate import check_float, check_int, check_model
-from .basis import (
-    BasisOptions,
-    InteractionBasis,
+from ._validate import check_model
+from .basis import InteractionBasis, fit_bases, measure_statistics
+from .capture import Session, session
+from .errors import ModgraphValueError
+from .graph import InteractionGraph
+from .jacobian import (
     chunk_rows,
     elementwise_derivative,
     linear_preactivation,
     narrowing_linear,
     section_vjp,
 )
-from .capture import OUTPUT, Section, Session
-from .errors import ModgraphValueError
-from .graph import InteractionGraph
+from .options import Options
+from .plan import OUTPUT, Section
 
 __all__ = ["default_epsilon", "interaction_graph", "quadrature"]
 
@@ -212,22 +212,7 @@ def compute_edges(
     return out
 
 
-_WHERE = "interaction_graph"
-
-
-def validate_graph_options(where: str, *, n_alpha: Any, epsilon: Any, tau: Any) -> None:
-    check_int(n_alpha, "n_alpha", where, minimum=1)
-    if epsilon is not None:
-        if not isinstance(epsilon, numbers.Real) or isinstance(epsilon, bool):
-            raise ModgraphValueError(
-                f"The 'epsilon' parameter of {where} must be a float > 0 or None (then "
-                f"ε = τ · tr Cov(output)). Got {epsilon!r}."
-            )
-        check_float(epsilon, "epsilon", where, low=0.0)
-    check_float(tau, "tau", where, low=0.0)
-
-
-def check_bases(bases: Any, where: str) -> list[str]:
+def _check_bases(bases: Any, where: str) -> list[str]:
     if not isinstance(bases, Mapping) or not bases:
         raise ModgraphValueError(
             f"The 'bases' parameter of {where} must be the dict returned by interaction_basis. "
@@ -245,12 +230,10 @@ def check_bases(bases: Any, where: str) -> list[str]:
 def build_graph(
     bases: Mapping[str, InteractionBasis],
     edges: Mapping[tuple[str, str], np.ndarray],
-    *,
-    epsilon: float | None,
-    tau: float,
-    n_alpha: int,
+    options: Options,
 ) -> InteractionGraph:
-    eps = default_epsilon(bases, tau) if epsilon is None else float(epsilon)
+    epsilon = options.epsilon
+    eps = default_epsilon(bases, options.tau) if epsilon is None else float(epsilon)
     if eps <= 0:
         raise ModgraphValueError(
             "The default epsilon τ · tr Cov(output) is 0: the model output is constant on the "
@@ -261,10 +244,36 @@ def build_graph(
         edges=dict(edges),
         importance={n: b.eigenvalues for n, b in bases.items()},
         epsilon=eps,
-        tau=None if epsilon is not None else tau,
-        n_alpha=n_alpha,
+        tau=None if epsilon is not None else options.tau,
+        n_alpha=options.n_alpha,
         bases=bases,
     )
+
+
+def measure_graph(
+    model: nn.Module,
+    data: Any,
+    layers: Iterable[str] | None,
+    bases: Mapping[str, InteractionBasis] | None,
+    options: Options,
+) -> InteractionGraph:
+    """The interaction graph of ``model`` on ``data`` with validated ``options``: in ``bases``
+    (checked against the model), or in bases fitted here in the same session."""
+    with session(model, data, layers, options) as sess:
+        if bases is None:
+            bases = fit_bases(sess, measure_statistics(sess, options), options)
+        else:
+            for name, b in bases.items():
+                if b.d != sess.plan.dims[name]:
+                    raise ModgraphValueError(
+                        f"bases[{name!r}] has width {b.d} but the model's layer has "
+                        f"{sess.plan.dims[name]}; compute bases on this model."
+                    )
+        edges = compute_edges(sess, bases, n_alpha=options.n_alpha)
+    return build_graph(bases, edges, options)
+
+
+_WHERE = "interaction_graph"
 
 
 def interaction_graph(
@@ -296,7 +305,8 @@ def interaction_graph(
     bases : dict of str to InteractionBasis, optional
         Bases from :func:`interaction_basis` on the same model (their layers are used). Default:
         computed here with ``layers``, ``variant``, ``rtol``, ``n_random_sources``, ``seed``,
-        ``output_basis`` (these options only apply then).
+        ``output_basis``. These five options only apply then: passing one of them with a value
+        other than its default together with ``bases`` raises a ``ModgraphValueError``.
     n_alpha : int
         1: gradient × input at α = 1 (default, as in all published runs); more: Gauss–Legendre
         quadrature of the integrated gradient from the mean.
@@ -326,21 +336,16 @@ def interaction_graph(
     True
     """
     check_model(model, _WHERE)
-    options = BasisOptions(
-        variant=variant,
-        rtol=rtol,
-        batch_size=batch_size,
-        n_random_sources=n_random_sources,
-        dtype=dtype,
-        device=device,
-        output=output,
-        output_basis=output_basis,
-        seed=seed,
-        progress=progress,
-    ).check(_WHERE)
-    validate_graph_options(_WHERE, n_alpha=n_alpha, epsilon=epsilon, tau=tau)
+    options = Options.from_arguments(locals(), _WHERE)
     if bases is not None:
-        names = check_bases(bases, _WHERE)
+        names = _check_bases(bases, _WHERE)
+        ignored = options.changed_basis_options()
+        if ignored:
+            raise ModgraphValueError(
+                f"{_WHERE}: {', '.join(f'{n}={getattr(options, n)!r}' for n in ignored)} "
+                "only apply when the bases are computed here, but bases= was given. Pass these "
+                "options to interaction_basis instead, or leave out bases=."
+            )
         if layers is not None:
             given = list(layers)
             if given not in (names, names[:-1]):
@@ -348,15 +353,4 @@ def interaction_graph(
                     f"layers={given} disagrees with the layers of bases {names}; pass one of them."
                 )
         layers = names
-    with options.session(model, data, layers, _WHERE) as sess:
-        if bases is None:
-            bases = options.fit(sess)
-        else:
-            for name, b in bases.items():
-                if b.d != sess.plan.dims[name]:
-                    raise ModgraphValueError(
-                        f"bases[{name!r}] has width {b.d} but the model's layer has "
-                        f"{sess.plan.dims[name]}; compute bases on this model."
-                    )
-        edges = compute_edges(sess, bases, n_alpha=n_alpha)
-    return build_graph(bases, edges, epsilon=epsilon, tau=tau, n_alpha=n_alpha)
+    return measure_graph(model, data, layers, bases, options)

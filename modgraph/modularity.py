@@ -13,14 +13,14 @@ remove; ``1 − X/W`` is the share of cost inside modules.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ._validate import check_choice, check_float
-from .errors import ModgraphTypeError, ModgraphValueError
+from .errors import ModgraphTypeError
+from .graph import InteractionGraph, degeneracy_cost
 
 __all__ = [
     "PartitionCost",
@@ -28,50 +28,6 @@ __all__ = [
     "modularity_score",
     "partition_cost",
 ]
-
-
-def degeneracy_cost(E: np.ndarray, epsilon: float) -> np.ndarray:
-    """Degeneracy cost of interactions: ``c = ½ · max(0, ln(E / ε))`` in nats.
-
-    Parameters
-    ----------
-    E : array_like, shape (...)
-        Interaction strengths, finite and ``>= 0``.
-    epsilon : float
-        Interaction tolerance ``ε > 0`` (same units as ``E``).
-
-    Returns
-    -------
-    ndarray, shape (...)
-        Costs, 0 where ``E <= ε``.
-
-    Examples
-    --------
-    >>> float(degeneracy_cost([1e-6, 1.0, 1e4], 1.0)[2])  # ½ ln 1e4
-    4.605170185988092
-    """
-    epsilon = check_float(epsilon, "epsilon", "degeneracy_cost", low=0.0)
-    E = np.asarray(E, dtype=np.float64)
-    check_weights(E, "E", "degeneracy_cost")
-    with np.errstate(divide="ignore"):
-        return 0.5 * np.maximum(0.0, np.log(np.maximum(E, 0.0) / epsilon))
-
-
-def check_weights(w: np.ndarray, name: str, where: str) -> None:
-    """Weights must be finite and non-negative (leidenalg raises BaseException otherwise)."""
-    if w.size == 0:
-        return
-    finite = np.isfinite(w)
-    if not finite.all():
-        raise ModgraphValueError(
-            f"{where}: {name} holds {int((~finite).sum())} NaN/Inf values; interaction strengths "
-            "must be finite. Recompute them from finite activations."
-        )
-    if (w < 0).any():
-        raise ModgraphValueError(
-            f"{where}: {name} holds {int((w < 0).sum())} negative values (smallest "
-            f"{float(w.min()):.3g}); interaction strengths and costs must be >= 0."
-        )
 
 
 @dataclass(frozen=True)
@@ -134,58 +90,20 @@ def modularity_from_edges(
     return (internal - resolution * float(per_module @ per_module) / two_w) / two_w
 
 
-def _graph_of(graph_or_result: Any) -> Any:
-    graph = getattr(graph_or_result, "interaction_graph", graph_or_result)
-    if not hasattr(graph, "undirected_edges"):
+def _check_graph(graph: Any, where: str) -> InteractionGraph:
+    if not isinstance(graph, InteractionGraph):
         raise ModgraphTypeError(
-            "Expected an InteractionGraph or a ModuleResult (from interaction_graph or "
-            f"find_modules). Got {type(graph_or_result).__name__}."
+            f"{where} needs an InteractionGraph (from interaction_graph, or the "
+            f"interaction_graph of a ModuleResult). Got {type(graph).__name__}."
         )
     return graph
-
-
-def membership_array(graph: Any, membership: Any, where: str) -> np.ndarray:
-    """Membership as an int array in node order, from a dict (node id → label) or a sequence."""
-    ids = graph.node_ids
-    n = len(ids)
-    if isinstance(membership, Mapping):
-        index = graph.node_index
-        unknown = [k for k in membership if k not in index]
-        if unknown:
-            raise ModgraphValueError(
-                f"{where}: membership names {len(unknown)} unknown node ids (first: "
-                f"{unknown[0]!r}); node ids look like {ids[0]!r} (see graph.node_ids)."
-            )
-        if len(membership) != n:
-            raise ModgraphValueError(
-                f"{where}: membership gives {len(membership)} of the {n} nodes; give every "
-                "node a module (-1 for none)."
-            )
-        out = np.empty(n, dtype=np.int64)
-        keys = np.fromiter((index[k] for k in membership), dtype=np.int64, count=n)
-        out[keys] = np.fromiter(membership.values(), dtype=np.int64, count=n)
-        return out
-    if isinstance(membership, (str, bytes)) or not isinstance(membership, (Sequence, np.ndarray)):
-        raise ModgraphTypeError(
-            f"{where}: membership must be a dict node id → module or a sequence of ints in node "
-            f"order. Got {type(membership).__name__}."
-        )
-    arr = np.asarray(membership)
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise ModgraphValueError(
-            f"{where}: membership has shape {arr.shape}; expected ({n},), one label per node in "
-            "graph.node_ids order."
-        )
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ModgraphTypeError(f"{where}: membership labels must be ints; got {arr.dtype}.")
-    return arr.astype(np.int64)
 
 
 _WEIGHTS = ("cost", "weight", "sqrt_weight")
 
 
 def modularity_score(
-    graph_or_result: Any,
+    graph: InteractionGraph,
     membership: Any,
     *,
     resolution: float = 1.0,
@@ -195,7 +113,7 @@ def modularity_score(
 
     Parameters
     ----------
-    graph_or_result : InteractionGraph or ModuleResult
+    graph : InteractionGraph
     membership : dict of str to int, or sequence of int, shape (n_features,)
         Module of each feature (node id → label, or labels in ``graph.node_ids`` order);
         ``-1`` marks a feature in no module (scored as a singleton).
@@ -219,16 +137,23 @@ def modularity_score(
     where = "modularity_score"
     resolution = check_float(resolution, "resolution", where, low=0.0)
     check_choice(weight, "weight", where, _WEIGHTS)
-    graph = _graph_of(graph_or_result)
-    m = membership_array(graph, membership, where)
+    graph = _check_graph(graph, where)
+    m = graph.membership_array(membership, where)
     src, dst, w = graph.undirected_edges(weight)
     return modularity_from_edges(len(graph.node_ids), src, dst, w, m, resolution)
 
 
-def partition_cost(graph_or_result: Any, membership: Any) -> PartitionCost:
-    """Split the total degeneracy cost into the parts inside and between modules."""
-    graph = _graph_of(graph_or_result)
-    m = canonical_membership(membership_array(graph, membership, "partition_cost"))
+def partition_cost(graph: InteractionGraph, membership: Any) -> PartitionCost:
+    """Split the total degeneracy cost into the parts inside and between modules.
+
+    Parameters
+    ----------
+    graph : InteractionGraph
+    membership : dict of str to int, or sequence of int, shape (n_features,)
+        As for :func:`modularity_score`.
+    """
+    graph = _check_graph(graph, "partition_cost")
+    m = canonical_membership(graph.membership_array(membership, "partition_cost"))
     src, dst, c = graph.undirected_edges("cost")
     return cost_split(src, dst, c, m)
 

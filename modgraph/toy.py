@@ -4,7 +4,8 @@
   dense invertible maps at Linear→Linear junctions, duplicated and dead ReLU units).
 - :func:`block_diagonal_mlp`: independent sub-networks on independent input blocks.
 - :func:`two_task_digits` and :func:`train_mlp`: an MLP trained on two independent tasks built from
-  scikit-learn's bundled digits (scikit-learn is needed only for these).
+  scikit-learn's bundled digits (scikit-learn is a dependency of modgraph, so `modgraph demo`
+  works after a plain `pip install`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 __all__ = [
     "MnistMLP",
     "TwoTaskData",
+    "accuracy",
     "block_diagonal_mlp",
     "digits_as_mnist",
     "load_mnist_mlp",

@@ -22,6 +22,9 @@ from modgraph import (
 from modgraph.toy import mlp
 
 X = torch.randn(64, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+# a wrong type is a TypeError and not a ValueError, a wrong value the reverse (ModgraphTypeError and
+# ModgraphValueError each subclass one of them only)
+OTHER = {TypeError: ValueError, ValueError: TypeError}
 STAGES = [interaction_basis, interaction_graph, find_modules]
 
 
@@ -46,20 +49,21 @@ def test_model_of_wrong_type(stage):
 
 
 @pytest.mark.parametrize(
-    ("data", "match"),
+    ("data", "error", "match"),
     [
-        ("abc", "Got str"),
-        (3.0, "Got float"),
-        ({"x": X}, "Got dict"),
-        (iter([X]), "one-shot iterator"),
-        ((x for x in [X]), "one-shot iterator"),
-        ([{"x": X}], "Batch 0 of data is a dict"),
-        ([[]], "Batch 0 of data is an empty list"),
+        ("abc", TypeError, "Got str"),
+        (3.0, TypeError, "Got float"),
+        ({"x": X}, TypeError, "Got dict"),
+        (iter([X]), TypeError, "one-shot iterator"),
+        ((x for x in [X]), TypeError, "one-shot iterator"),
+        ([{"x": X}], TypeError, "Batch 0 of data is a dict"),
+        ([[]], ValueError, "Batch 0 of data is an empty list"),  # a batch of the right type, empty
     ],
 )
-def test_data_of_wrong_type(stage, data, match):
-    with pytest.raises((TypeError, ValueError), match=match):
+def test_data_of_wrong_type(stage, data, error, match):
+    with pytest.raises(error, match=match) as exc:
         stage(small(), data)
+    assert not isinstance(exc.value, OTHER[error]), type(exc.value).__mro__
 
 
 @pytest.mark.parametrize(
@@ -221,20 +225,21 @@ def test_basis_parameters(stage, kwargs, error, match):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "error", "match"),
     [
-        ({"tau": 0.0}, "'tau'"),
-        ({"tau": float("inf")}, "'tau'"),
-        ({"epsilon": 0.0}, "'epsilon'"),
-        ({"epsilon": float("nan")}, "'epsilon'"),
-        ({"epsilon": "auto"}, "'epsilon'"),
-        ({"n_alpha": 0}, "'n_alpha'"),
+        ({"tau": 0.0}, ValueError, "'tau'"),
+        ({"tau": float("inf")}, ValueError, "'tau'"),
+        ({"epsilon": 0.0}, ValueError, "'epsilon'"),
+        ({"epsilon": float("nan")}, ValueError, "'epsilon'"),
+        ({"epsilon": "auto"}, TypeError, "'epsilon'"),
+        ({"n_alpha": 0}, ValueError, "'n_alpha'"),
     ],
 )
-def test_graph_parameters(kwargs, match):
+def test_graph_parameters(kwargs, error, match):
     for fn in (interaction_graph, find_modules):
-        with pytest.raises((ValueError, TypeError), match=match):
+        with pytest.raises(error, match=match) as exc:
             fn(small(), X, progress=False, **kwargs)
+        assert not isinstance(exc.value, OTHER[error]), (fn.__name__, type(exc.value).__mro__)
 
 
 @pytest.mark.parametrize(

@@ -91,7 +91,7 @@ def test_run_with_n_modules_matches_the_python_api(user, share, capsys):
     x = torch.randn(400, 6, generator=torch.Generator().manual_seed(0))
     expected = find_modules(model, x, n_modules=2, min_module_share=share, seed=0, progress=False)
     G = nx.read_graphml(tmp / "out" / "modules.graphml")
-    assert {n: d["module"] for n, d in G.nodes(data=True)} == expected.membership
+    assert {n: d["module"] for n, d in G.nodes(data=True)} == expected.module_of
     assert G.graph["resolution"] == pytest.approx(expected.resolution, rel=1e-12)
 
 

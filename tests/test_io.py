@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from modgraph import InteractionGraph, leiden_modules
-from modgraph.api import module_result
+from modgraph import InteractionGraph, ModuleResult, leiden_modules
 from modgraph.io import atomic_open, write_json
 from modgraph.plot import plot_modules
 
@@ -34,9 +33,9 @@ def test_json_failure_mid_write_keeps_old_file(tmp_path, monkeypatch):
 
 def test_plot_failure_mid_write_keeps_old_file(tmp_path, monkeypatch):
     graph = InteractionGraph.from_matrices([np.eye(3) * 2.0 + 0.01], epsilon=0.5)
-    result = module_result(graph, leiden_modules(graph))
+    result = ModuleResult(graph, leiden_modules(graph))
     path = tmp_path / "m.png"
-    plot_modules(result, path=path)
+    plot_modules(result.interaction_graph, result.partition, path=path)
     good = path.read_bytes()
 
     def broken(self, fname, **kwargs):
@@ -45,7 +44,7 @@ def test_plot_failure_mid_write_keeps_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Figure, "savefig", broken)
     with pytest.raises(OSError, match="disk full"):
-        plot_modules(result, path=path)
+        plot_modules(result.interaction_graph, result.partition, path=path)
     assert path.read_bytes() == good
     assert os.listdir(tmp_path) == ["m.png"]
 

@@ -14,18 +14,17 @@ from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.figure import Figure
 
 import modgraph
-from modgraph.api import ModuleResult, module_result
+from modgraph import ModuleResult
 from modgraph.cluster import Partition, leiden_modules
 from modgraph.graph import InteractionGraph
 from modgraph.plot import (
     NO_MODULE_COLOR,
-    _pick,
-    _quotas,
     module_colors,
     plot_interactions,
     plot_module_map,
     plot_modules,
 )
+from modgraph.plot.modules import _pick, _quotas
 from modgraph.toy import block_diagonal_mlp
 
 MAGIC = {".png": b"\x89PNG", ".pdf": b"%PDF"}
@@ -67,13 +66,13 @@ def fixed_result(graph: InteractionGraph, membership: np.ndarray) -> ModuleResul
         seed=0,
         n_restarts=1,
     )
-    return module_result(graph, partition)
+    return ModuleResult(graph, partition)
 
 
 @pytest.fixture(scope="module")
 def small() -> ModuleResult:
     graph = planted_graph([12, 16, 10, 6], n_blocks=2, n_isolated=2)
-    return module_result(graph, leiden_modules(graph, n_restarts=2))
+    return ModuleResult(graph, leiden_modules(graph, n_restarts=2))
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +112,11 @@ def expected_edges(result: ModuleResult, min_cost: float) -> int:
 def test_saves_by_suffix(small, tmp_path, suffix, kind) -> None:
     path = tmp_path / f"figure{suffix}"
     if kind == "modules":
-        fig = plot_modules(small, path=path)
+        fig = plot_modules(small.interaction_graph, small.partition, path=path)
     elif kind == "map":
-        fig = plot_module_map(small, path=str(path))
+        fig = plot_module_map(small.interaction_graph, small.partition, path=str(path))
     else:
-        fig = plot_interactions(small, "L1", path=path)
+        fig = plot_interactions(small.interaction_graph, small.partition, "L1", path=path)
     assert isinstance(fig, Figure)
     data = path.read_bytes()
     assert len(data) > 500
@@ -132,23 +131,27 @@ def test_saves_by_suffix(small, tmp_path, suffix, kind) -> None:
 def test_unknown_suffix_raises_before_drawing(small, tmp_path, func) -> None:
     for name in ("figure.jpg", "figure"):
         with pytest.raises(ValueError, match=r"\.pdf.*\.png.*\.svg") as info:
-            func(small, path=tmp_path / name)
+            func(small.interaction_graph, small.partition, path=tmp_path / name)
         assert func.__name__ in str(info.value)
     with pytest.raises(ValueError, match=r"suffix '\.eps'"):
-        plot_interactions(small, "L0", path=tmp_path / "figure.eps")
+        plot_interactions(
+            small.interaction_graph, small.partition, "L0", path=tmp_path / "figure.eps"
+        )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_folder_is_a_clear_error(small, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        plot_modules(small, path=tmp_path / "nope" / "modules.png")
+        plot_modules(
+            small.interaction_graph, small.partition, path=tmp_path / "nope" / "modules.png"
+        )
 
 
 # ---------------------------------------------------------------------------- plot_modules
 def test_module_graph_artists(small) -> None:
     m = small.partition.membership
     assert small.n_modules == 2 and (m < 0).sum() == 8  # the planted structure was found
-    fig = plot_modules(small)
+    fig = plot_modules(small.interaction_graph, small.partition)
     ax = fig.axes[0]
     colls = scatters(fig)
     # one scatter per module, then one for the features in no module
@@ -173,15 +176,15 @@ def test_module_graph_artists(small) -> None:
 def test_min_cost_thins_edges(small) -> None:
     costs = np.concatenate([c.ravel() for c in small.interaction_graph.costs().values()])
     threshold = float(np.median(costs[costs > 0]))
-    (edges,) = lines(plot_modules(small, min_cost=threshold))
+    (edges,) = lines(plot_modules(small.interaction_graph, small.partition, min_cost=threshold))
     assert len(edges.get_segments()) == expected_edges(small, threshold)
     assert 0 < len(edges.get_segments()) < expected_edges(small, 0.0)
-    (edges,) = lines(plot_modules(small, min_cost=1e9))
+    (edges,) = lines(plot_modules(small.interaction_graph, small.partition, min_cost=1e9))
     assert len(edges.get_segments()) == 0
 
 
 def test_edges_inside_modules_take_module_colour(small) -> None:
-    fig = plot_modules(small)
+    fig = plot_modules(small.interaction_graph, small.partition)
     (edges,) = lines(fig)
     rgb = edges.get_colors()[:, :3]
     colors = module_colors(small.n_modules)[:, :3]
@@ -191,7 +194,7 @@ def test_edges_inside_modules_take_module_colour(small) -> None:
 
 def test_subsampled_layers_are_announced(wide) -> None:
     budget = 40
-    fig = plot_modules(wide, max_features_per_layer=budget)
+    fig = plot_modules(wide.interaction_graph, wide.partition, max_features_per_layer=budget)
     ax = fig.axes[0]
     notes = [t.get_text() for t in ax.texts if "showing" in t.get_text()]
     assert len(notes) == 1
@@ -252,7 +255,7 @@ def test_legend_is_capped_and_palette_is_distinct() -> None:
     graph = planted_graph([30, 30, 30], n_blocks=25, n_isolated=5)
     m = np.concatenate([np.r_[np.arange(25), np.full(5, -1)] for _ in range(3)])
     result = fixed_result(graph, m)
-    fig = plot_modules(result)
+    fig = plot_modules(result.interaction_graph, result.partition)
     colls = scatters(fig)
     assert len(colls) == 26
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
@@ -280,28 +283,45 @@ def test_palette() -> None:
 
 def test_bad_arguments(small) -> None:
     with pytest.raises(ValueError, match="max_features_per_layer"):
-        plot_modules(small, max_features_per_layer=0)
+        plot_modules(small.interaction_graph, small.partition, max_features_per_layer=0)
     with pytest.raises(ValueError, match="min_cost"):
-        plot_modules(small, min_cost=-1.0)
-    with pytest.raises(TypeError, match="ModuleResult"):
-        plot_modules(small.interaction_graph)
+        plot_modules(small.interaction_graph, small.partition, min_cost=-1.0)
+    # a ModuleResult where the graph goes: the message names both ways to plot it
+    with pytest.raises(
+        TypeError, match=r"needs an InteractionGraph.*result\.plot\(\).*ModuleResult"
+    ):
+        plot_modules(small, small.partition)
+
+
+@pytest.mark.parametrize("func", [plot_modules, plot_module_map])
+def test_bad_partition_type(small, func) -> None:
+    g = small.interaction_graph
+    for bad in (None, "module 0", 3, {0, 1}, small):
+        with pytest.raises(TypeError, match=rf"{func.__name__}: partition must be a Partition"):
+            func(g, bad)
+    with pytest.raises(TypeError, match="partition must be a Partition"):
+        plot_interactions(g, 1.5, "L0")
+    with pytest.raises(TypeError, match="ints"):  # a sequence, but not of ints
+        func(g, np.zeros(g.n_nodes))
+    with pytest.raises(ValueError, match="shape"):  # too short
+        func(g, small.partition.membership[:-1])
 
 
 def test_no_module_at_all() -> None:
     graph = planted_graph([5, 4, 3], n_blocks=1, n_isolated=0)
     graph = dataclasses.replace(graph, edges={k: np.zeros_like(v) for k, v in graph.edges.items()})
     result = fixed_result(graph, np.full(graph.n_nodes, -1))
-    fig = plot_modules(result)
+    fig = plot_modules(result.interaction_graph, result.partition)
     assert len(scatters(fig)) == 1
     (edges,) = lines(fig)
     assert len(edges.get_segments()) == 0
-    plot_module_map(result)
-    plot_interactions(result, "L0")
+    plot_module_map(result.interaction_graph, result.partition)
+    plot_interactions(result.interaction_graph, result.partition, "L0")
 
 
 # ---------------------------------------------------------------------------- other views
 def test_module_map_counts(small) -> None:
-    fig = plot_module_map(small)
+    fig = plot_module_map(small.interaction_graph, small.partition)
     ax = fig.axes[0]
     (image,) = ax.images
     g = small.interaction_graph
@@ -311,7 +331,7 @@ def test_module_map_counts(small) -> None:
 
 
 def test_interactions_heatmap(small) -> None:
-    fig = plot_interactions(small, "L0", log=False)
+    fig = plot_interactions(small.interaction_graph, small.partition, "L0", log=False)
     ax = fig.axes[0]
     (image,) = ax.images
     E = small.edges[("L0", "L1")]
@@ -329,14 +349,80 @@ def test_interactions_heatmap(small) -> None:
         np.where(small.partition.membership[12:28] < 0, 99, small.partition.membership[12:28])
     )
     assert np.all(shown[m_dst[:, None] != m_src[None, :]] == 0)
-    plot_interactions(small, "L2", log=True)
+    plot_interactions(small.interaction_graph, small.partition, "L2", log=True)
 
 
 def test_interactions_bad_layer(small) -> None:
     with pytest.raises(ValueError, match=r"'nope' is not a node layer.*\['L0', 'L1', 'L2'\]"):
-        plot_interactions(small, "nope")
+        plot_interactions(small.interaction_graph, small.partition, "nope")
     with pytest.raises(ValueError, match=r"'output' is the last node layer.*\['L0', 'L1', 'L2'\]"):
-        plot_interactions(small, "output")
+        plot_interactions(small.interaction_graph, small.partition, "output")
+
+
+# ---------------------------------------------------------------------------- graph first
+def artists(fig: Figure) -> list[object]:
+    """Everything drawn in the first axes: collections (kind, offsets, segments, colours),
+    images, texts, tick labels, legend and title, rounded for comparison."""
+    ax = fig.axes[0]
+
+    def r(a: object) -> list[float]:
+        return np.round(np.asarray(a, dtype=float), 9).ravel().tolist()
+
+    out: list[object] = []
+    for c in ax.collections:
+        segments = c.get_segments() if isinstance(c, LineCollection) else []
+        out.append((type(c).__name__, r(c.get_offsets()), [r(s) for s in segments]))
+        out.append((r(c.get_facecolor()), r(c.get_edgecolor()), r(c.get_linewidths())))
+    out += [r(np.asarray(i.get_array())) for i in ax.images]
+    out += [t.get_text() for t in ax.texts]
+    out += [t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels()]
+    legend = ax.get_legend()
+    out += [t.get_text() for t in legend.get_texts()] if legend is not None else []
+    out.append(ax.get_title())
+    return out
+
+
+def test_staged_pipeline_with_public_functions(tmp_path) -> None:
+    model = block_diagonal_mlp([[4, 6, 3], [4, 6, 3]], seed=0)
+    x = torch.randn(512, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    graph = modgraph.interaction_graph(model, x, progress=False)
+    partition = modgraph.leiden_modules(graph, n_restarts=2)
+    path = tmp_path / "modules.png"
+    fig = plot_modules(graph, partition, path=path)
+    assert path.read_bytes().startswith(MAGIC[".png"])
+    n = len(partition.modules)
+    assert len(scatters(fig)) == n + int((partition.membership < 0).any())
+    title = fig.axes[0].get_title()
+    assert title.startswith(f"{n} module") and f"Q_deg = {partition.score:.3f}" in title
+    plot_module_map(graph, partition)
+    plot_interactions(graph, partition, graph.layers[0])
+    # the one-call path draws the same figure
+    same = ModuleResult(graph, partition).plot()
+    assert artists(same) == artists(fig)
+
+
+def test_plain_membership_draws_as_the_partition(small) -> None:
+    g, p = small.interaction_graph, small.partition
+    as_dict = dict(small.module_of)
+    as_array = np.asarray(p.membership)
+    as_list = as_array.tolist()
+    reference = [
+        artists(plot_modules(g, p)),
+        artists(plot_module_map(g, p)),
+        artists(plot_interactions(g, p, "L1")),
+    ]
+    for membership in (as_dict, as_array, as_list):
+        drawn = [
+            artists(plot_modules(g, membership)),
+            artists(plot_module_map(g, membership)),
+            artists(plot_interactions(g, membership, "L1")),
+        ]
+        assert drawn == reference
+    # the default title of a plain membership: Q_deg and the cross share computed at γ = 1
+    assert p.resolution == 1.0
+    title = plot_modules(g, as_dict).axes[0].get_title()
+    assert f"Q_deg = {modgraph.modularity_score(g, as_dict):.3f}" in title
+    assert f"Q_deg = {p.score:.3f}" in title
 
 
 # ---------------------------------------------------------------------------- integration
@@ -355,14 +441,16 @@ def test_trained_result_and_delegation(trained, tmp_path) -> None:
     assert len(scatters(fig)) == trained.n_modules + int((trained.partition.membership < 0).any())
     (edges,) = lines(fig)
     assert len(edges.get_segments()) == expected_edges(trained, 0.0)
-    plot_module_map(trained)
-    plot_interactions(trained, trained.interaction_graph.layers[0])
+    plot_module_map(trained.interaction_graph, trained.partition)
+    plot_interactions(
+        trained.interaction_graph, trained.partition, trained.interaction_graph.layers[0]
+    )
     assert plt.get_fignums() == before  # nothing registered with pyplot
     assert matplotlib.get_backend() == backend
 
     fig, axes = plt.subplots(1, 2)
     try:
-        assert plot_modules(trained, ax=axes[0]) is fig
-        assert plot_module_map(trained, ax=axes[1]) is fig
+        assert plot_modules(trained.interaction_graph, trained.partition, ax=axes[0]) is fig
+        assert plot_module_map(trained.interaction_graph, trained.partition, ax=axes[1]) is fig
     finally:
         plt.close(fig)

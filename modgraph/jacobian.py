@@ -1,0 +1,304 @@
+"""Jacobians of sections: one definition of every derivative the analyses take.
+
+Both the interaction basis (``M' = E[Jᵀ A J]``) and the interaction strengths (``Γ = ∂f̂'/∂f̂``)
+and the degeneracy report (``M'_l = E[J_lᵀ J_l]``, ``J_l = ∂out/∂a_l``) differentiate the same
+sections, and do it here:
+
+- **elementwise sections** ``a_{l+1} = σ(W a_l + b)`` have ``J = diag(σ'(z)) W``:
+  :func:`elementwise_slope` gives ``σ'(z)`` (read off ``σ(z)`` where σ allows it),
+  :func:`elementwise_jacobian_gram` the exact shortcut ``M' = Wᵀ (A ∘ E[σ'σ'ᵀ]) W``;
+- **any other section**: batched vector–Jacobian products by autograd
+  (:func:`section_vjp`, ``torch.autograd.grad(..., is_grads_batched=True)``), with the forward
+  stopped at the target node layer and the backward stopped at the source; a narrowing source
+  ``nn.Linear`` is differentiated at its output (VJPs ``d_out`` wide, folded back by ``W``);
+- **to the model output** (global variant, degeneracy report): :func:`global_jacobian_grams`.
+
+What a Linear, an identity and an elementwise module are is defined once, in
+:mod:`modgraph.plan`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .capture import Session
+from .plan import IDENTITY, OUTPUT, Section, is_plain_linear
+
+__all__ = [
+    "chunk_rows",
+    "cotangents",
+    "elementwise_derivative",
+    "elementwise_jacobian_gram",
+    "elementwise_slope",
+    "global_jacobian_grams",
+    "linear_preactivation",
+    "local_jacobian_gram",
+    "narrowing_linear",
+    "section_vjp",
+]
+
+#: Elements of the largest temporary (VJP results, per-sample products) built at once.
+CHUNK_ELEMENTS = 2**23
+
+
+def elementwise_derivative(section: Section, z: torch.Tensor) -> torch.Tensor:
+    """``σ'(z)`` of an elementwise section (ones for a Linear→Linear junction), shape of ``z``."""
+    act = section.activation
+    if act is None or type(act) in IDENTITY:
+        return torch.ones_like(z)
+    with torch.enable_grad():
+        point = z.detach().requires_grad_(True)
+        # elementwise: the gradient of Σ σ(z) is σ'(z); the clone lets in-place modules run
+        (slope,) = torch.autograd.grad(act(point.clone()).sum(), point)
+    return slope
+
+
+def _slope_from_output(section: Section, out: torch.Tensor) -> torch.Tensor | None:
+    """``σ'(z)`` read off ``σ(z)`` itself where σ allows it (ReLU family, Tanh, Sigmoid), so the
+    pre-activation need not be recomputed; ``None`` otherwise."""
+    act = section.activation
+    if type(act) is nn.ReLU:
+        return (out > 0).to(out.dtype)
+    if type(act) is nn.LeakyReLU:
+        ones = torch.ones_like(out)
+        return torch.where(out > 0, ones, ones * act.negative_slope)
+    if type(act) is nn.Tanh:
+        return 1 - out.square()
+    if type(act) is nn.Sigmoid:
+        return out * (1 - out)
+    return None
+
+
+def linear_preactivation(section: Section, a: torch.Tensor) -> torch.Tensor:
+    assert section.linear is not None
+    return torch.nn.functional.linear(a, section.linear.weight, section.linear.bias)
+
+
+def elementwise_slope(section: Section, a: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``σ'(z)`` of an elementwise section at source activations ``a (B, d)`` whose target
+    activations are ``out (B, d')``: read off ``out`` where σ allows it, else recomputed."""
+    slope = _slope_from_output(section, out)
+    if slope is None:
+        slope = elementwise_derivative(section, linear_preactivation(section, a))
+    return slope
+
+
+def _sign_vectors(
+    gen: torch.Generator, n_sources: int, batch: int, width: int, device: torch.device
+) -> torch.Tensor:
+    """Random ±1/√R vectors, shape (R, batch, width)."""
+    bits = torch.randint(0, 2, (n_sources, batch, width), generator=gen, device=device)
+    return (2.0 * bits - 1.0).to(torch.float64) / math.sqrt(n_sources)
+
+
+def cotangents(
+    basis_next: torch.Tensor,
+    batch: int,
+    n_sources: int | None,
+    gen: torch.Generator | None,
+) -> torch.Tensor:
+    """Cotangents for batched VJPs, shape (k, batch, d_next): one per next-layer feature, or
+    ``R`` random-sign combinations ``Σ_k φ_rk c_k / √R`` when ``n_sources`` is set."""
+    k = basis_next.shape[1]
+    if n_sources is None:
+        return basis_next.T[:, None, :].expand(k, batch, basis_next.shape[0])
+    assert gen is not None
+    phi = _sign_vectors(gen, n_sources, batch, k, basis_next.device)
+    return phi @ basis_next.T
+
+
+def _leaf(a: torch.Tensor) -> torch.Tensor:
+    return a.detach().requires_grad_(True)
+
+
+def chunk_rows(n_vectors: int, width: int, batch_size: int) -> int:
+    """Rows per autograd sub-batch so that ``n_vectors × rows × width`` stays bounded."""
+    return max(1, min(batch_size, CHUNK_ELEMENTS // max(1, n_vectors * width)))
+
+
+def narrowing_linear(sess: Session, section: Section) -> nn.Linear | None:
+    """The source module when it is an ``nn.Linear`` that narrows (``d_out < d_in``): VJPs are
+    then cheaper at its output ``z`` (width ``d_out``), with ``∂/∂a = (∂/∂z) W``."""
+    module = sess.plan.modules[section.source]
+    if is_plain_linear(module):
+        assert isinstance(module, nn.Linear)
+        if module.out_features < module.in_features:
+            return module
+    return None
+
+
+def section_vjp(
+    sess: Session,
+    section: Section,
+    x: torch.Tensor,
+    cotangent: Callable[[int], torch.Tensor],
+    point: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    *,
+    at_output: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Batched VJPs of one section: ``cotangent(B)[i] · ∂a_{l+1}/∂a_l`` for every row of ``x``.
+
+    The forward stops at the target node layer; gradients stop at the source node layer. The
+    source module sees ``point(a_l)`` (default ``a_l``); paths that bypass it (residual branches)
+    are differentiated at ``a_l`` itself. Returns the source activations ``(B, d)``, the VJPs
+    ``(n, B, d)`` with respect to ``a_l``, and ``None``; with ``at_output`` (the source module
+    is an ``nn.Linear``), the VJPs with respect to ``a_l`` cover only the bypass paths and the
+    third value holds the VJPs ``(n, B, d_out)`` with respect to the Linear's output ``z``, so
+    that ``∂/∂a_l = (∂/∂z) W + bypass``. ``None`` stands for "no dependence".
+    """
+    first = sess.plan.names[0]
+    src, dst = section.source, section.target
+
+    def moved(a: torch.Tensor) -> torch.Tensor:
+        a = point(a) if point is not None else a
+        return a.detach() if at_output else _leaf(a)
+
+    if x.is_floating_point():  # the whole forward in the graph: bypass paths from x count too
+        x = _leaf(x)
+        substitute = {src: moved}
+    else:  # integer inputs (token ids): the graph starts at the first node layer
+        substitute = {src: moved} if src == first else {first: _leaf, src: moved}
+    with torch.enable_grad():
+        store = sess.tracer.run(
+            x,
+            record=(src, dst),
+            substitute=substitute,
+            stop=None if dst == OUTPUT else dst,
+            detach=False,
+            replace_output={src: _leaf} if at_output else None,
+        )
+        original = sess.tracer.originals[src]
+        target = store[dst]
+        if not target.requires_grad:
+            return original.detach(), None, None
+        start = sess.tracer.outputs[src] if at_output else store[src]
+        inputs = [start] + ([original] if original.requires_grad else [])
+        grads = torch.autograd.grad(
+            target,
+            inputs,
+            grad_outputs=cotangent(x.shape[0]).to(target.dtype),
+            is_grads_batched=True,
+            allow_unused=True,
+        )
+    if at_output:
+        return original.detach(), grads[1] if len(grads) > 1 else None, grads[0]
+    present = [g for g in grads if g is not None]
+    total = None if not present else present[0] if len(present) == 1 else sum(present)
+    return original.detach(), total, None
+
+
+def local_jacobian_gram(
+    sess: Session,
+    section: Section,
+    basis_next: torch.Tensor,
+    *,
+    n_sources: int | None,
+    gen: torch.Generator | None,
+    project: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``M' = E[Jᵀ A J]`` with ``J = ∂a_{l+1}/∂a_l``, ``A = C_{l+1} C_{l+1}ᵀ``, by batched VJPs.
+
+    With ``project (d, r)``, returns ``projectᵀ M' project`` (r, r) instead, accumulated from
+    the projected VJPs: cheaper when ``r < d/2`` (activations confined to a subspace).
+    """
+    d = sess.plan.dims[section.source]
+    d_next = sess.plan.dims[section.target]
+    width = d if project is None else project.shape[1]
+    gram = torch.zeros((width, width), dtype=torch.float64, device=sess.device)
+    n_vec = n_sources or basis_next.shape[1]
+    if n_vec == 0:
+        return gram
+    # A narrowing source Linear: VJPs at its output z, folded in afterwards (M' = Wᵀ Σ gᵀg W),
+    # so the Gram is d_out wide instead of d (batches with bypass paths take the full route).
+    linear = narrowing_linear(sess, section)
+    W = None if linear is None else linear.weight.detach().to(torch.float64)
+    gram_z = None if W is None else W.new_zeros((W.shape[0], W.shape[0]))
+    rows = chunk_rows(n_vec, max(d, d_next), sess.batch_size)
+    n = 0
+    for x in sess.batches(f"jacobian {section.source}", rows):
+        a, g_a, g_z = section_vjp(
+            sess,
+            section,
+            x,
+            lambda b: cotangents(basis_next, b, n_sources, gen),
+            at_output=W is not None,
+        )
+        n += a.shape[0]
+        if g_z is not None and g_a is None:
+            assert gram_z is not None
+            gz = g_z.reshape(-1, g_z.shape[-1]).to(torch.float64)
+            gram_z += gz.T @ gz
+            continue
+        g = None if g_z is None else g_z.reshape(-1, g_z.shape[-1]).to(torch.float64) @ W
+        if g_a is not None:
+            ga = g_a.reshape(-1, d).to(torch.float64)
+            g = ga if g is None else g + ga
+        if g is None:
+            continue
+        if project is not None:
+            g = g @ project
+        gram += g.T @ g
+    if W is not None and gram_z is not None:
+        folded = W if project is None else W @ project
+        gram += folded.T @ gram_z @ folded
+    return gram / n
+
+
+def global_jacobian_grams(
+    sess: Session, *, n_sources: int | None, gen: torch.Generator | None
+) -> dict[str, torch.Tensor]:
+    """``M'_l = E[J_lᵀ J_l]`` with ``J_l = ∂out/∂a_l`` for every node layer, in one pass."""
+    names = sess.plan.names[:-1]
+    d_out = sess.plan.dims[OUTPUT]
+    grams = {
+        n: torch.zeros((sess.plan.dims[n],) * 2, dtype=torch.float64, device=sess.device)
+        for n in names
+    }
+    n_vec = n_sources or d_out
+    rows = chunk_rows(n_vec, max(sess.plan.dims.values()), sess.batch_size)
+    eye = torch.eye(d_out, dtype=torch.float64, device=sess.device)
+    count = 0
+    for x in sess.batches("jacobian (global)", rows):
+        with torch.enable_grad():
+            floating = x.is_floating_point()
+            store = sess.tracer.run(
+                _leaf(x) if floating else x,
+                record=sess.plan.names,
+                substitute=None if floating else {names[0]: _leaf},
+                detach=False,
+            )
+            out = store[OUTPUT]
+            used = [n for n in names if store[n].requires_grad]
+            cot = cotangents(eye, out.shape[0], n_sources, gen).to(out.dtype)
+            if out.requires_grad and used:
+                grads = torch.autograd.grad(
+                    out,
+                    [store[n] for n in used],
+                    grad_outputs=cot,
+                    is_grads_batched=True,
+                    allow_unused=True,
+                )
+            else:
+                grads = [None] * len(used)
+        count += out.shape[0]
+        for n, g in zip(used, grads):
+            if g is not None:
+                g = g.reshape(-1, sess.plan.dims[n]).to(torch.float64)
+                grams[n] += g.T @ g
+    return {n: g / count for n, g in grams.items()}
+
+
+def elementwise_jacobian_gram(
+    section: Section, coactivation: torch.Tensor | None, basis_next: torch.Tensor
+) -> torch.Tensor:
+    """Exact shortcut ``M' = Wᵀ (A ∘ E[σ'σ'ᵀ]) W`` for ``a_{l+1} = σ(W a_l + b)``."""
+    assert section.linear is not None
+    W = section.linear.weight.detach().to(torch.float64)
+    A = basis_next @ basis_next.T
+    if coactivation is not None:
+        A = A * coactivation
+    return W.T @ A @ W

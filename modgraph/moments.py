@@ -1,0 +1,167 @@
+"""Streaming float64 moments of node layers: one definition, shared by every analysis.
+
+Every expectation modgraph takes over the data is a float64 sum accumulated batch by batch, in
+memory O(d²) per node layer whatever the number of samples. :class:`Moments` holds the sums of one
+layer (shifted by its first sample, for accuracy); :func:`add_layer_moments` is the one per-batch
+step (check width and finiteness, add); :func:`accumulate_statistics` is the first pass of the
+interaction basis (moments of every layer, and the co-activation Gram ``E[σ'σ'ᵀ]`` of every
+elementwise section); :func:`covariance_cut` is the one rule for which covariance directions
+count as non-zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ._arrays import EPS64, eigh_desc
+from .capture import Session
+from .errors import ModgraphValueError
+from .jacobian import elementwise_slope
+from .plan import Plan
+
+__all__ = [
+    "Moments",
+    "Statistics",
+    "accumulate_statistics",
+    "add_layer_moments",
+    "count_kept",
+    "covariance_cut",
+]
+
+
+@dataclass
+class Moments:
+    """Streaming float64 sums for one node layer, shifted by the first sample for accuracy."""
+
+    shift: torch.Tensor
+    total: torch.Tensor
+    outer: torch.Tensor
+    n: int = 0
+
+    @classmethod
+    def start(cls, a: torch.Tensor) -> Moments:
+        d = a.shape[-1]
+        zeros = a.new_zeros((), dtype=torch.float64)
+        return cls(
+            shift=a[0].to(torch.float64).clone(),
+            total=zeros.new_zeros(d),
+            outer=zeros.new_zeros((d, d)),
+        )
+
+    def add(self, a: torch.Tensor) -> None:
+        c = a.to(torch.float64) - self.shift
+        self.total += c.sum(0)
+        self.outer += c.T @ c
+        self.n += a.shape[0]
+
+    @property
+    def square_norm(self) -> float:
+        """``Σ ‖a‖²`` over the samples, from the shifted sums (no extra pass)."""
+        shift = self.shift
+        return float(torch.trace(self.outer) + 2 * shift @ self.total + self.n * shift @ shift)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.shift + self.total / self.n
+
+    @property
+    def cov(self) -> torch.Tensor:
+        m = self.total / self.n
+        cov = self.outer / self.n - torch.outer(m, m)
+        return 0.5 * (cov + cov.T)
+
+
+@dataclass
+class Statistics:
+    """Result of the first pass: moments per node layer, co-activation Grams per section."""
+
+    moments: dict[str, Moments]
+    coactivation: dict[str, torch.Tensor] = field(default_factory=dict)  # E[s sᵀ] per source
+
+    @property
+    def n(self) -> int:
+        return next(iter(self.moments.values())).n
+
+
+def _check_finite(name: str, a: torch.Tensor, batch: int) -> None:
+    if bool(torch.isfinite(a.sum())):  # one reduction; the exact count only when it fails
+        return
+    bad = int((~torch.isfinite(a)).sum())
+    if bad:
+        raise ModgraphValueError(
+            f"node layer {name!r} has {bad} NaN/Inf activation values in batch {batch}. Remove "
+            "non-finite inputs, or check the model's numerics (e.g. overflow in float16)."
+        )
+
+
+def _check_width(name: str, a: torch.Tensor, d: int, batch: int) -> None:
+    if a.ndim != 2 or a.shape[1] != d:
+        raise ModgraphValueError(
+            f"node layer {name!r} has shape {tuple(a.shape)} in batch {batch}, but "
+            f"(batch, {d}) in the first batch: all batches must have the same input shape."
+        )
+
+
+def add_layer_moments(
+    moments: dict[str, Moments], acts: dict[str, torch.Tensor], plan: Plan, batch: int
+) -> None:
+    """Check one batch's activations of every node layer of ``plan`` (width, finiteness) and add
+    them to that layer's running :class:`Moments` (started on the first batch)."""
+    for name in plan.names:
+        a = acts[name]
+        _check_width(name, a, plan.dims[name], batch)
+        _check_finite(name, a, batch)
+        if name not in moments:
+            moments[name] = Moments.start(a)
+        moments[name].add(a)
+
+
+def accumulate_statistics(
+    sess: Session, *, coactivation: bool = True, desc: str = "moments"
+) -> Statistics:
+    """One pass over the data: means and covariances of every node layer, and ``E[σ'σ'ᵀ]`` of
+    every elementwise section with a nonlinearity (when ``coactivation``)."""
+    plan = sess.plan
+    moments: dict[str, Moments] = {}
+    coact: dict[str, torch.Tensor] = {}
+    need = (
+        [s for s in plan.sections if s.elementwise and s.activation is not None]
+        if coactivation
+        else []
+    )
+    with torch.no_grad():
+        for b, x in enumerate(sess.batches(desc)):
+            acts = sess.tracer.run(x, record=plan.names)
+            add_layer_moments(moments, acts, plan, b)
+            for s in need:
+                slope = elementwise_slope(s, acts[s.source], acts[s.target]).to(torch.float64)
+                gram = slope.T @ slope
+                coact[s.source] = coact[s.source] + gram if s.source in coact else gram
+    stats = Statistics(moments=moments, coactivation={})
+    stats.coactivation = {k: v / stats.n for k, v in coact.items()}
+    return stats
+
+
+def count_kept(eigenvalues: np.ndarray, rtol: float) -> int:
+    """Eigenvalues (descending) above ``rtol × largest``; 0 when the largest is not positive."""
+    if eigenvalues.size == 0 or eigenvalues[0] <= 0:
+        return 0
+    return int(np.sum(eigenvalues > rtol * eigenvalues[0]))
+
+
+def covariance_cut(
+    moments: Moments, rtol: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eigen-decompose the covariance; return (all eigenvalues, kept U (d, r), kept D (r,)).
+
+    An eigenvalue is kept when it exceeds ``rtol × largest`` and the rounding level of the
+    uncentred second moment (``64 · eps · E‖a‖²``), so constant layers come out with ``r = 0``.
+    """
+    D, U = eigh_desc(moments.cov)
+    floor = 64 * EPS64 * moments.square_norm / max(moments.n, 1)
+    top = float(D[0]) if D.numel() else 0.0
+    keep = (D > rtol * top) & (D > floor) if top > 0 else torch.zeros_like(D, dtype=torch.bool)
+    return D, U[:, keep], D[keep]

@@ -1,0 +1,161 @@
+"""Every setting of an analysis, in one value validated once, at the public entry.
+
+Each public function (:func:`~modgraph.interaction_basis`, :func:`~modgraph.interaction_graph`,
+:func:`~modgraph.leiden_modules`, :func:`~modgraph.degeneracy_report`,
+:func:`~modgraph.find_modules`) takes its settings as explicit keywords (no ``**kwargs`` to hide a
+typo) and, as its first statement, turns them into one validated :class:`Options` with
+``Options.from_arguments(locals(), "<its name>")`` before any work is done. Everything below the entry receives that validated value and trusts it: nothing is
+checked twice, and an error names the function the user called and the parameter they passed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ._validate import (
+    check_choice,
+    check_dtype,
+    check_float,
+    check_int,
+    check_progress,
+    check_seed,
+)
+from .errors import ModgraphTypeError
+
+__all__ = ["Options"]
+
+#: The options that only matter while bases are fitted (``interaction_graph`` with ``bases=``
+#: given has no use for them).
+BASIS_FIELDS = ("variant", "rtol", "n_random_sources", "output_basis", "seed")
+
+
+@dataclass(frozen=True)
+class Options:
+    """The settings of one analysis (see the public functions for their meaning).
+
+    Attributes
+    ----------
+    batch_size, dtype, device, output, progress
+        How the model is run and the data streamed.
+    variant, rtol, n_random_sources, output_basis, seed
+        How the interaction bases are fitted (``seed`` also seeds the Leiden restarts).
+    n_alpha, epsilon, tau
+        How interaction strengths and their tolerance are measured.
+    resolution, n_restarts, n_modules, min_module_share
+        How the Leiden search runs.
+    hamming_tol
+        How the degeneracy report groups synchronised units.
+    caller
+        The public function that validated these options ("" before validation); errors raised
+        below it name this function.
+    """
+
+    batch_size: int = 256
+    dtype: torch.dtype | None = torch.float64
+    device: torch.device | str | None = None
+    output: Callable[[Any], torch.Tensor] | None = None
+    progress: bool | None = None
+    variant: str = "local"
+    rtol: float = 1e-10
+    n_random_sources: int | None = None
+    output_basis: str = "identity"
+    seed: int = 0
+    n_alpha: int = 1
+    epsilon: float | None = None
+    tau: float = 1e-4
+    resolution: float = 1.0
+    n_restarts: int = 8
+    n_modules: int | None = None
+    min_module_share: float | None = None
+    hamming_tol: int | float = 0
+    caller: str = ""
+
+    def validated(self, where: str) -> Options:
+        """Check every option; return a copy with plain Python values and ``caller=where``.
+
+        Raises
+        ------
+        ModgraphTypeError, ModgraphValueError
+            "The 'rtol' parameter of interaction_basis must be ..." for the first bad option.
+        """
+        check_int(self.batch_size, "batch_size", where, minimum=1)
+        check_dtype(self.dtype, where)
+        if self.output is not None and not callable(self.output):
+            raise ModgraphTypeError(
+                f"The 'output' parameter of {where} must be a callable that maps the model's "
+                f"return value to a Tensor, or None. Got {type(self.output).__name__}."
+            )
+        check_progress(self.progress, where)
+        check_choice(self.variant, "variant", where, ("local", "global"))
+        rtol = check_float(self.rtol, "rtol", where, low=0.0, high=1.0)
+        check_int(self.n_random_sources, "n_random_sources", where, minimum=1, allow_none=True)
+        check_choice(self.output_basis, "output_basis", where, ("identity", "pca"))
+        seed = check_seed(self.seed, where)
+        n_alpha = check_int(self.n_alpha, "n_alpha", where, minimum=1)
+        epsilon = self.epsilon
+        if epsilon is not None:
+            if not isinstance(epsilon, numbers.Real) or isinstance(epsilon, bool):
+                raise ModgraphTypeError(
+                    f"The 'epsilon' parameter of {where} must be a float > 0 or None (then "
+                    f"ε = τ · tr Cov(output)). Got {epsilon!r}."
+                )
+            epsilon = check_float(epsilon, "epsilon", where, low=0.0)
+        tau = check_float(self.tau, "tau", where, low=0.0)
+        resolution = check_float(self.resolution, "resolution", where, low=0.0)
+        n_restarts = check_int(self.n_restarts, "n_restarts", where, minimum=1)
+        n_modules = check_int(self.n_modules, "n_modules", where, minimum=1, allow_none=True)
+        share = self.min_module_share
+        if share is not None:
+            share = check_float(share, "min_module_share", where, low=0.0, high=1.0, low_open=False)
+        return dataclasses.replace(
+            self,
+            batch_size=int(self.batch_size),
+            rtol=rtol,
+            n_random_sources=None if self.n_random_sources is None else int(self.n_random_sources),
+            seed=seed,
+            n_alpha=n_alpha,
+            epsilon=epsilon,
+            tau=tau,
+            resolution=resolution,
+            n_restarts=n_restarts,
+            n_modules=n_modules,
+            min_module_share=share,
+            hamming_tol=_check_hamming(self.hamming_tol, where),
+            caller=where,
+        )
+
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any], where: str) -> Options:
+        """The validated options of a public function's call.
+
+        ``arguments`` is the function's ``locals()`` taken as its first statement, i.e. its
+        parameters: those that name an option are used, the others (``model``, ``data``,
+        ``layers``, ``bases``, ``graph``) are left alone.
+        """
+        names = {f.name for f in dataclasses.fields(cls)} - {"caller"}
+        return cls(**{k: v for k, v in arguments.items() if k in names}).validated(where)
+
+    def changed_basis_options(self) -> list[str]:
+        """Names of the basis-fitting options that differ from their defaults."""
+        default = Options()
+        return [f for f in BASIS_FIELDS if getattr(self, f) != getattr(default, f)]
+
+
+def _check_hamming(value: Any, where: str) -> int | float:
+    """``hamming_tol``: an int >= 0 (data points) or a float in [0, 1) (a share of them)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ModgraphTypeError(
+            f"The 'hamming_tol' parameter of {where} must be an int >= 0 (points) or a float in "
+            f"[0, 1) (a fraction of the points). Got {value!r} of type {type(value).__name__}."
+        )
+    if isinstance(value, numbers.Integral):
+        checked = check_int(value, "hamming_tol", where, minimum=0)
+        assert checked is not None
+        return checked
+    return check_float(value, "hamming_tol", where, low=0.0, high=1.0, low_open=False)

@@ -1,0 +1,294 @@
+"""The plan of an analysis: which node layers, in which order, and what lies between them.
+
+A *node layer* is named by a submodule of the model (a name from ``model.named_modules()``) and
+means the input to that submodule; ``"output"`` is the model output and is always the last node
+layer. One probe forward pass turns ``(model, layers)`` into a :class:`Plan`: the node layers in
+execution order, their widths, and the :class:`Section` between each adjacent pair.
+
+This module is the one place that says what a section *is*:
+
+- a **plain Linear** (:func:`is_plain_linear`): an ``nn.Linear`` whose forward is
+  ``nn.Linear.forward``, i.e. ``y = W a + b``;
+- an **identity** module (:data:`IDENTITY`): ``nn.Identity`` and ``nn.Dropout`` (in eval mode);
+- an **elementwise** module (:data:`ELEMENTWISE`): ``y_i = σ(z_i)``;
+- an **elementwise section** (:attr:`Section.elementwise`): ``target = σ(linear(source))``
+  exactly, a plain Linear followed by an elementwise module or by nothing; a **Linear junction**
+  (:attr:`Section.linear_junction`) is one whose σ is nothing or the identity.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModgraphTypeError, ModgraphValueError
+
+__all__ = [
+    "ELEMENTWISE",
+    "IDENTITY",
+    "OUTPUT",
+    "Plan",
+    "Section",
+    "is_plain_linear",
+    "make_plan",
+    "select_tensor",
+]
+
+logger = logging.getLogger("modgraph")
+
+OUTPUT = "output"
+"""Name of the last node layer: the model output."""
+
+#: Modules that are the identity in eval mode (exact types).
+IDENTITY: tuple[type[nn.Module], ...] = (nn.Identity, nn.Dropout)
+
+#: Modules that act elementwise (``y_i = σ(z_i)``) in eval mode; exact types only, so a subclass
+#: that overrides ``forward`` is never mistaken for one.
+ELEMENTWISE: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
+    nn.LogSigmoid, nn.Tanhshrink, *IDENTITY,
+)  # fmt: skip
+
+
+def is_plain_linear(module: nn.Module | None) -> bool:
+    """An ``nn.Linear`` (or subclass) whose forward is ``nn.Linear.forward``: ``y = W a + b``."""
+    return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
+
+
+@dataclass(frozen=True)
+class Section:
+    """The map from node layer ``source`` to the next node layer ``target``.
+
+    ``linear`` is set when the section is *elementwise*: ``target = σ(linear(source))`` exactly,
+    with ``activation`` the elementwise module σ (``None`` for a Linear→Linear junction). Such a
+    section's Jacobian is ``diag(σ'(z)) W``, which admits exact shortcuts (no autograd).
+    """
+
+    source: str
+    target: str
+    linear: nn.Linear | None = None
+    activation: nn.Module | None = None
+
+    @property
+    def elementwise(self) -> bool:
+        return self.linear is not None
+
+    @property
+    def linear_junction(self) -> bool:
+        """An elementwise section whose σ is nothing or the identity: ``target = linear(source)``."""
+        return self.linear is not None and (
+            self.activation is None or type(self.activation) in IDENTITY
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Node layers in execution order (``names[-1] == "output"``) and the sections between them."""
+
+    names: tuple[str, ...]
+    modules: dict[str, nn.Module]
+    dims: dict[str, int]
+    sections: tuple[Section, ...]
+    select_output: Callable[[Any], torch.Tensor] | None
+    input_shape: tuple[int, ...] = ()
+
+
+def select_tensor(output: Any, select_output: Callable[[Any], torch.Tensor] | None) -> torch.Tensor:
+    if select_output is not None:
+        output = select_output(output)
+    if not isinstance(output, torch.Tensor):
+        raise ModgraphTypeError(
+            f"The model returned a {type(output).__name__}, not a Tensor. Pass output=<callable> "
+            "that picks the Tensor to analyse, e.g. output=lambda out: out[0] or "
+            "output=lambda out: out['logits']."
+        )
+    return output
+
+
+def _check_2d(t: torch.Tensor, name: str) -> None:
+    if t.ndim != 2:
+        what = "the model output" if name == OUTPUT else f"the input of node layer {name!r}"
+        raise ModgraphValueError(
+            f"{what} has shape {tuple(t.shape)}; modgraph needs (batch, features). Sequence "
+            "models (batch, positions, features) are not supported yet: flatten positions into "
+            "the batch in a wrapper module, or choose layers whose inputs are 2-d."
+        )
+
+
+def make_plan(
+    model: nn.Module,
+    probe: torch.Tensor,
+    layers: Iterable[str] | None,
+    select_output: Callable[[Any], torch.Tensor] | None,
+    where: str,
+) -> Plan:
+    """Run one probe forward pass to fix node layers, their order, widths and section kinds."""
+    named = dict(model.named_modules())
+    del named[""]
+    if layers is not None:
+        if isinstance(layers, str) or not isinstance(layers, Iterable):
+            raise ModgraphTypeError(
+                f"The 'layers' parameter of {where} must be a list of module names or None. "
+                f"Got {type(layers).__name__}."
+            )
+        requested = list(layers)
+        for name in requested:
+            if not isinstance(name, str):
+                raise ModgraphTypeError(
+                    f"layers must hold module names (str); got {name!r} of type "
+                    f"{type(name).__name__}."
+                )
+        if OUTPUT in requested:
+            if requested[-1] != OUTPUT or requested.count(OUTPUT) > 1:
+                raise ModgraphValueError(
+                    f"{OUTPUT!r} names the model output and must come last (once) in layers; "
+                    f"got {requested}."
+                )
+            requested = requested[:-1]
+        dupes = sorted({n for n in requested if requested.count(n) > 1})
+        if dupes:
+            raise ModgraphValueError(f"layers names {dupes} more than once; name each layer once.")
+        unknown = [n for n in requested if n not in named]
+        if unknown:
+            raise ModgraphValueError(
+                f"layer {unknown[0]!r} not found in the model; available: {sorted(named)}. "
+                "Pass names from model.named_modules()."
+            )
+        watch = {n: named[n] for n in requested}
+    else:
+        requested = None
+        watch = {n: m for n, m in named.items() if isinstance(m, nn.Linear)}
+        if not watch:
+            raise ModgraphValueError(
+                "The model has no nn.Linear submodule, so there is no default node layer. Pass "
+                "layers=[...] with names from model.named_modules()."
+            )
+
+    # Record every module call: order, the identity/version of its first input and its output.
+    calls: list[tuple[str, int, int, int, int]] = []  # name, in id, in version, out id, out version
+    pre_inputs: dict[str, torch.Tensor] = {}
+    keep: list[Any] = []  # keep tensors alive so ids are not reused during the probe
+    pending: dict[int, tuple[int, int]] = {}
+    handles = []
+
+    def pre_hook(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            a = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            if name in watch:
+                if a is None:
+                    raise ModgraphValueError(
+                        f"node layer {name!r} receives no Tensor as its first positional input, "
+                        "so it has no activation to analyse; choose another module."
+                    )
+                if name in pre_inputs:
+                    raise ModgraphValueError(
+                        f"module {name!r} runs more than once in forward (shared weights or a "
+                        "loop); a node layer must run exactly once. Choose another module."
+                    )
+                pre_inputs[name] = a
+            keep.append(a)
+            pending[id(module)] = (id(a), a._version) if a is not None else (0, -1)
+
+        return hook
+
+    def post_hook(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            in_id, in_version = pending.pop(id(module), (0, -1))
+            if isinstance(output, torch.Tensor):
+                keep.append(output)
+                calls.append((name, in_id, in_version, id(output), output._version))
+            else:
+                calls.append((name, in_id, in_version, 0, -1))
+
+        return hook
+
+    try:
+        for name, module in named.items():
+            handles.append(module.register_forward_pre_hook(pre_hook(name), with_kwargs=True))
+            handles.append(module.register_forward_hook(post_hook(name)))
+        with torch.no_grad():
+            try:
+                raw = model(probe)
+            except ModgraphValueError:
+                raise
+            except Exception as exc:
+                raise ModgraphValueError(
+                    f"The model could not run on the first batch of data (shape "
+                    f"{tuple(probe.shape)}, dtype {probe.dtype}): {type(exc).__name__}: {exc}. "
+                    "Check that data yields inputs the model accepts (float inputs for a float "
+                    "model: convert with x.float())."
+                ) from exc
+        out = select_tensor(raw, select_output)
+        _check_2d(out, OUTPUT)
+    finally:
+        for h in handles:
+            h.remove()
+
+    missing = [n for n in watch if n not in pre_inputs]
+    if missing:
+        raise ModgraphValueError(
+            f"layer {missing[0]!r} never runs in the model's forward, so it has no activation. "
+            "Choose modules that forward actually calls."
+        )
+    order = {n: i for i, n in enumerate(pre_inputs)}
+    if requested is None:
+        names = sorted(watch, key=order.__getitem__)
+    else:
+        names = requested
+        executed = sorted(requested, key=order.__getitem__)
+        if executed != requested:
+            raise ModgraphValueError(
+                f"layers must be given in execution order; forward runs them as {executed}, "
+                f"got {requested}."
+            )
+    for n in names:
+        _check_2d(pre_inputs[n], n)
+    dims = {n: int(pre_inputs[n].shape[-1]) for n in names}
+    dims[OUTPUT] = int(out.shape[-1])
+
+    # Elementwise sections: the target's input is exactly σ(Linear(source)).
+    by_name = {c[0]: c for c in calls}
+    target_tensor = {n: pre_inputs[n] for n in names}
+    target_tensor[OUTPUT] = out
+    sections = []
+    all_names = (*names, OUTPUT)
+    for src, dst in zip(all_names[:-1], all_names[1:]):
+        linear = named[src]
+        section = Section(src, dst)
+        t = target_tensor[dst]
+        if is_plain_linear(linear) and src in by_name:
+            _, _, _, z_id, z_version = by_name[src]
+            if id(t) == z_id and t._version == z_version:
+                section = Section(src, dst, linear, None)
+            else:
+                for name, in_id, in_version, out_id, out_version in calls:
+                    act = named[name]
+                    if (
+                        type(act) in ELEMENTWISE
+                        and in_id == z_id
+                        and in_version == z_version
+                        and out_id == id(t)
+                        and out_version == t._version
+                    ):
+                        section = Section(src, dst, linear, act)
+                        break
+        sections.append(section)
+    logger.debug(
+        "node layers %s; elementwise sections %s",
+        all_names,
+        [f"{s.source}->{s.target}" for s in sections if s.elementwise],
+    )
+    return Plan(
+        names=all_names,
+        modules={n: named[n] for n in names},
+        dims=dims,
+        sections=tuple(sections),
+        select_output=select_output,
+        input_shape=tuple(probe.shape[1:]),
+    )
