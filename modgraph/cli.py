@@ -45,7 +45,7 @@ def _import(spec: str, what: str) -> Any:
     return getattr(module, attr)
 
 
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+def _load_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Load a state dict without unpickling arbitrary objects (``.npz`` or a torch file)."""
     path = Path(path)
     if not path.is_file():
@@ -127,7 +127,7 @@ def _load_user(args: argparse.Namespace) -> tuple[torch.nn.Module, Any]:
             f"--model {args.model} returned a {type(model).__name__}, not a torch.nn.Module."
         )
     if args.weights:
-        load_weights(model, args.weights)
+        _load_weights(model, args.weights)
     data = _import(args.data, "data")()
     return model, data
 
@@ -169,15 +169,13 @@ def _report(args: argparse.Namespace) -> int:
     )
     print(report)
     if args.out:
-        from .io import write_json
-
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "degeneracy.json", report.to_dict())
+        report.to_json(out / "degeneracy.json")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modgraph",
         description="Find the modules inside a trained neural network (arXiv 2405.10927).",
@@ -235,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``modgraph`` console script."""
-    args = build_parser().parse_args(argv)
+    args = _build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

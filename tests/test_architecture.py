@@ -161,3 +161,19 @@ def test_every_imported_package_is_a_declared_dependency():
         if not dists & core:
             missing[name] = sorted(dists)
     assert missing == {}, f"imported but not in [project.dependencies]: {missing}"
+
+
+def test_every_subpackage_is_packaged():
+    """A plain ``pip install`` (not editable) ships every subpackage: the package discovery of
+    pyproject.toml matches every folder of modgraph that holds an ``__init__.py``."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    include = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = [
+        ".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")
+    ]
+    assert len(packages) > 1
+    missed = [p for p in packages if not any(fnmatch.fnmatch(p, pattern) for pattern in include)]
+    assert missed == []
