@@ -11,11 +11,9 @@ against the float64 matmul rate measured in the same run (before and after each 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,19 +24,11 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import torch
 
 import modgraph
-from bench.run import (
-    ROOT,
-    Meter,
-    format_table,
-    machine_info,
-    make_data,
-    make_model,
-    matmul_rate,
-    section_kinds,
-    stage_flops,
-    warm_up,
-)
-from modgraph import basis as mg_basis
+from bench.jobs import ROOT, warm_up
+from bench.meter import Meter, matmul_rate
+from bench.models import make_data, make_model, stage_flops, totals
+from bench.pipeline import FLOP_KEYS, run_pipeline, stage_table
+from bench.run import STAGE_HEADERS, format_table, machine_info, stage_rows
 
 __all__ = ["basis_benchmark", "main"]
 
@@ -63,49 +53,26 @@ def basis_benchmark(
         model = make_model(widths, path)
         meter = Meter(("gram", "basis"))
         rate_before = matmul_rate()
-        options = mg_basis.BasisOptions(batch_size=batch_size, progress=False)
-        meter.start()
-        with contextlib.ExitStack() as stack:
-            with meter("gram"):
-                sess = stack.enter_context(options.session(model, x, None, "bench"))
-                stats = options.statistics(sess)
-            with meter("basis"):
-                bases = options.fit(sess, stats)
-            plan = sess.plan
+        # the library's first two stages, timed one by one (graphml=None stops after "basis")
+        res = run_pipeline(model, x, batch_size=batch_size, meter=meter)
         t0 = time.perf_counter()
         public = modgraph.interaction_basis(model, x, batch_size=batch_size, progress=False)
         end_to_end = time.perf_counter() - t0
         rate = 0.5 * (rate_before + matmul_rate())
-        names = list(bases)
-        dims = [plan.dims[name] for name in names]
-        ks = [bases[name].k for name in names]
-        ranks = [bases[m].gram_rank for m in names]
-        flops = stage_flops(dims, ks, ranks, section_kinds(plan), n_path)
-        stages = {}
-        for stage in ("gram", "basis"):
-            rec = meter.records[stage]
-            achieved = flops[stage] / rec["seconds"] / 1e9
-            stages[stage] = {
-                **rec,
-                "gflop": flops[stage] / 1e9,
-                "gflops": achieved,
-                "frac_matmul": achieved / rec["matmul_gflops"],
-            }
+        bases = res["bases"]
+        flops = totals(stage_flops(*(res[key] for key in FLOP_KEYS), n_path, batch_size))
         same = all(
-            public[m].eigenvalues.shape == bases[m].eigenvalues.shape
-            and abs(public[m].eigenvalues - bases[m].eigenvalues).max()
-            <= 1e-10 * abs(bases[m].eigenvalues).max()
-            for m in names
+            public[m].eigenvalues.shape == b.eigenvalues.shape
+            and abs(public[m].eigenvalues - b.eigenvalues).max() <= 1e-10 * abs(b.eigenvalues).max()
+            for m, b in bases.items()
         )
         out[path] = {
             "n": n_path,
             "matmul_gflops": rate,
-            "stages": stages,
+            "stages": stage_table(meter.records, flops, rate),
             "interaction_basis_seconds": end_to_end,
             "public_call_agrees": bool(same),
-            "dims": dims,
-            "ks": ks,
-            "kinds": section_kinds(plan),
+            **{key: res[key] for key in ("dims", "ks", "kinds")},
         }
     return out
 
@@ -113,39 +80,12 @@ def basis_benchmark(
 def report(res: dict[str, Any]) -> str:
     rows = []
     for path in ("shortcut", "autograd"):
-        if path not in res:
-            continue
-        r = res[path]
-        for stage, rec in r["stages"].items():
-            rows.append(
-                [
-                    path,
-                    r["n"],
-                    stage,
-                    rec["seconds"],
-                    rec["peak_mb"],
-                    rec["gflop"],
-                    rec["gflops"],
-                    rec["matmul_gflops"],
-                    f"{100 * rec['frac_matmul']:.0f}%",
-                ]
-            )
-        rows.append(
-            [
-                path,
-                r["n"],
-                "interaction_basis()",
-                r["interaction_basis_seconds"],
-                "",
-                "",
-                "",
-                r["matmul_gflops"],
-                "",
-            ]
-        )
-    headers = ["path", "N", "stage", "seconds", "peak MB", "GFLOP", "GFLOP/s", "matmul GF/s",
-               "of matmul"]  # fmt: skip
-    return format_table(headers, rows)
+        if path in res:
+            r = res[path]
+            total = ["interaction_basis()", r["interaction_basis_seconds"], "", "", "",
+                     r["matmul_gflops"], ""]  # fmt: skip
+            rows += stage_rows([path, r["n"]], r["stages"], total)
+    return format_table(["path", "N", *STAGE_HEADERS], rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,7 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     widths = [int(w) for w in args.widths.split(",")]
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     print(f"interaction_basis on MLP {args.widths}, N={args.n}: {machine_info(args.threads)}")

@@ -6,71 +6,36 @@ its peak memory is its own; inside it the float64 matrix-multiply rate is measur
 and after the timed stages, and modgraph and the baseline run back to back, so every ratio printed
 (achieved FLOP rate / matmul rate, baseline / modgraph) comes from one process on one machine state.
 
-Stages (seconds, peak resident memory above the process's memory before the stage ran, FLOPs):
-
-- ``gram``: one pass over the data, means and covariances of every node layer (and the
-  co-activation Grams ``E[σ'σ'ᵀ]`` that the elementwise shortcut needs);
-- ``basis``: the Jacobian stage, ``M' = E[Jᵀ A J]`` and the eigen-decompositions (no data pass on
-  the elementwise shortcut, one autograd pass per section otherwise);
-- ``edges``: the interaction strengths, one pass;
-- ``graph``: building the :class:`~modgraph.InteractionGraph` and its edge list;
-- ``leiden``: :func:`modgraph.leiden_modules` (igraph build + Leiden restarts);
-- ``graphml``: :meth:`~modgraph.InteractionGraph.to_graphml`.
-
-The minimal FLOP count of each stage is in :func:`stage_flops` (formulas in ``bench/README.md``).
+The files: :mod:`bench.meter` (matmul rate, memory, the stage meter), :mod:`bench.models` (models,
+data, FLOP counts), :mod:`bench.pipeline` (the stages of modgraph and the baseline),
+:mod:`bench.jobs` (graph scale, the edge kernel, running a job), this module (sizes, tables,
+targets, the command line).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
-import ctypes
 import datetime
-import gc
 import json
-import math
 import os
 import platform
-import resource
-import subprocess
-import sys
-import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import modgraph
-from modgraph import basis as mg_basis
-from modgraph import capture, cluster, interactions
-from modgraph.toy import mlp
 
-from .baseline import mlp_sections, run_baseline
+from .jobs import ROOT, execute, run_job
+from .models import NUMERIC_STAGES
+from .pipeline import N_RESTARTS
 
-__all__ = [
-    "SIZES",
-    "FunctionalMLP",
-    "Meter",
-    "fit_exponent",
-    "main",
-    "matmul_rate",
-    "run_job",
-    "stage_flops",
-    "synthetic_matrices",
-]
+__all__ = ["SIZES", "fit_exponent", "format_table", "machine_info", "main", "stage_rows"]
 
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "bench.json"
-NUMERIC_STAGES = ("gram", "basis", "edges")
-GRAPH_STAGES = ("graph", "leiden", "graphml")
-STAGES = NUMERIC_STAGES + GRAPH_STAGES
 
 #: Problem sizes per mode. ``tiny`` is for the test suite only.
 SIZES: dict[str, dict[str, Any]] = {
@@ -119,620 +84,11 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 OUTPUT_DIM = 10
 BATCH_SIZE = 256  # modgraph's default
-N_RESTARTS = 8  # leiden_modules' default; 1 on the largest graph (cfg "big_graph")
 BIG_GRAPH = 1_000_000  # the size of the Leiden + build target
 
 
 # --------------------------------------------------------------------------------------------
-# Machine: matmul rate, memory
-# --------------------------------------------------------------------------------------------
-
-
-#: How :func:`matmul_rate` measures by default (a job may override it with its "rate" entry).
-RATE = {"n": 1024, "repeats": 5, "min_seconds": 0.2}
-
-
-def matmul_rate(
-    dtype: torch.dtype = torch.float64,
-    n: int | None = None,
-    repeats: int | None = None,
-    min_seconds: float | None = None,
-) -> float:
-    """Float matrix-multiply rate in GFLOP/s (``n × n`` by ``n × n``), median of ``repeats``."""
-    n = n or RATE["n"]
-    repeats = repeats or RATE["repeats"]
-    min_seconds = min_seconds or RATE["min_seconds"]
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, dtype=dtype, generator=gen)
-    b = torch.randn(n, n, dtype=dtype, generator=gen)
-    a @ b  # warm-up
-    rates = []
-    for _ in range(repeats):
-        count, t0 = 0, time.perf_counter()
-        while True:
-            a @ b
-            count += 1
-            elapsed = time.perf_counter() - t0
-            if elapsed >= min_seconds:
-                break
-        rates.append(2.0 * n**3 * count / elapsed / 1e9)
-    return float(np.median(rates))
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _trim(collect: bool = False) -> None:
-    """Give freed heap back to the OS so that RSS before a stage is what is really in use."""
-    if collect:
-        gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def rss_mb() -> float:
-    kb = _status_kb("VmRSS")
-    if kb is None:  # pragma: no cover - non-Linux
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return kb / 1024
-
-
-def peak_mb() -> float:
-    kb = _status_kb("VmHWM")
-    if kb is None:  # pragma: no cover - non-Linux
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return kb / 1024
-
-
-class Meter:
-    """Seconds and peak resident memory of named stages.
-
-    ``peak_mb`` of a stage is the process's peak RSS during the stage minus its RSS when
-    :meth:`start` was called (after the model and the data were made), so it is the working memory
-    of the computation, without the inputs the caller holds anyway. On Linux the kernel's peak
-    counter is reset before each stage; elsewhere ``ru_maxrss`` (monotone) is used, and a fresh
-    process per configuration keeps it meaningful.
-    """
-
-    def __init__(self, rate_stages: Sequence[str] = ()) -> None:
-        self.records: dict[str, dict[str, float]] = {}
-        self.origin = 0.0
-        self.exact_peaks = True
-        self.rate_stages = frozenset(rate_stages)
-
-    def start(self) -> None:
-        _trim(collect=True)
-        self.origin = rss_mb()
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        """Time ``stage``; for the ``rate_stages``, also measure the matmul rate right before and
-        after it (outside the timed and peak-measured span) and record their mean."""
-        before = matmul_rate() if stage in self.rate_stages else None
-        _trim()
-        self.exact_peaks &= _reset_peak()
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            seconds = time.perf_counter() - t0
-            self.records[stage] = {
-                "seconds": seconds,
-                "peak_mb": max(0.0, peak_mb() - self.origin),
-            }
-            if before is not None:
-                self.records[stage]["matmul_gflops"] = 0.5 * (before + matmul_rate())
-
-
-# --------------------------------------------------------------------------------------------
-# Models, data and the FLOP model
-# --------------------------------------------------------------------------------------------
-
-
-class FunctionalMLP(nn.Module):
-    """The function of a Sequential ReLU MLP, with ``F.relu`` in ``forward``.
-
-    modgraph cannot see a functional nonlinearity as a module, so the sections between hidden
-    layers take its general path (batched autograd VJPs) instead of the elementwise shortcut.
-    """
-
-    def __init__(self, sequential: nn.Sequential) -> None:
-        super().__init__()
-        self.linears = nn.ModuleList(
-            copy.deepcopy(m) for m in sequential if isinstance(m, nn.Linear)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        *hidden, last = self.linears
-        for lin in hidden:
-            x = F.relu(lin(x))
-        return last(x)
-
-
-def make_model(widths: Sequence[int], path: str, seed: int = 0) -> nn.Module:
-    """``nn.Sequential`` ReLU MLP (``path="shortcut"``) or its :class:`FunctionalMLP` twin."""
-    seq = mlp(list(widths), nn.ReLU, seed=seed)
-    return seq if path == "shortcut" else FunctionalMLP(seq)
-
-
-def make_data(n: int, d: int, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, dtype=torch.float64, generator=gen)
-
-
-def _eigh_flops(n: int) -> float:
-    """Symmetric eigen-decomposition with vectors: tridiagonal reduction 4/3 n³ plus
-    back-transformation 2 n³ (a lower bound; the tridiagonal solver is not counted)."""
-    return (4 / 3 + 2) * n**3
-
-
-def stage_flops(
-    dims: Sequence[int],
-    ks: Sequence[int],
-    ranks: Sequence[int],
-    kinds: Sequence[str],
-    n: int,
-) -> dict[str, float]:
-    """Minimal FLOPs of the numeric stages for a chain of sections.
-
-    ``dims[l]``, ``ks[l]``, ``ranks[l]``: width, kept features and covariance rank of node layer
-    ``l`` (``l = 0..L``, the output last); ``kinds[l]`` is the kind of section ``l → l+1``:
-    ``"elementwise"`` (Linear + elementwise nonlinearity), ``"junction"`` (Linear alone) or
-    ``"autograd"`` (anything else, run through batched VJPs). Multiply-adds count as 2 FLOPs.
-    """
-    L = len(kinds)
-    fwd = [2.0 * n * dims[l] * dims[l + 1] for l in range(L)]  # forward of each section
-    flops = dict.fromkeys(NUMERIC_STAGES, 0.0)
-    # gram: the forward, then one Gram 2·N·d² per node layer (+ E[σ'σ'ᵀ] per elementwise section)
-    flops["gram"] = sum(fwd) + sum(2.0 * n * d * d for d in dims)
-    flops["gram"] += sum(2.0 * n * dims[l + 1] ** 2 for l in range(L) if kinds[l] == "elementwise")
-    last_source = max((l for l in range(L) if kinds[l] != "junction"), default=-1)
-    flops["edges"] = sum(fwd[: last_source + 1])  # the edge pass runs the forward once
-    for l in range(L):
-        d, dn, k, kn, r = dims[l], dims[l + 1], ks[l], ks[l + 1], ranks[l]
-        # basis: M = D^½UᵀM'UD^½, two eigh, C and C⁺
-        flops["basis"] += 2.0 * d * d * r + 2.0 * d * r * r + _eigh_flops(d) + _eigh_flops(r)
-        flops["basis"] += 2.0 * d * r * k + 4.0 * k * d * r
-        if kinds[l] == "autograd":
-            # recompute the forward up to l+1, one VJP per next feature, Gram of the VJPs
-            flops["basis"] += sum(fwd[: l + 1]) + 2.0 * n * kn * dn * d + 2.0 * n * kn * d * d
-            # edges: VJPs (2·N·k'·d'·d), to feature coordinates (2·N·k'·d·k), (Γ·f)² summed
-            flops["edges"] += 2.0 * n * kn * dn * d + 2.0 * n * kn * d * k
-            flops["edges"] += 2.0 * n * d * k + 3.0 * n * kn * k
-        else:
-            # shortcut M' = Wᵀ(A ∘ S)W with A = C_{l+1}C_{l+1}ᵀ
-            flops["basis"] += 2.0 * dn * dn * kn + 2.0 * d * dn * dn + 2.0 * d * d * dn
-            if kinds[l] == "elementwise":
-                # Γ(x) = P diag(σ'(z)) Q: 2·N·k'·d'·k, features 2·N·d·k, (Γ·f)² summed 3·N·k'·k
-                flops["edges"] += 2.0 * n * kn * dn * k + 2.0 * n * d * k + 3.0 * n * kn * k
-            else:  # junction: E = (C_{l+1}ᵀ W C_l⁺ᵀ)² Λ, no data pass
-                flops["edges"] += 2.0 * kn * dn * d + 2.0 * kn * d * k
-    return flops
-
-
-def section_kinds(plan: capture.Plan) -> list[str]:
-    return [
-        "autograd" if not s.elementwise else ("junction" if s.activation is None else "elementwise")
-        for s in plan.sections
-    ]
-
-
-# --------------------------------------------------------------------------------------------
-# Pipeline
-# --------------------------------------------------------------------------------------------
-
-
-def _profiled(enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    if not enabled:
-        return contextlib.nullcontext()
-    from torch.profiler import ProfilerActivity, profile
-
-    return profile(activities=[ProfilerActivity.CPU])
-
-
-def _top_ops(prof: Any, rows: int = 8) -> list[dict[str, Any]]:
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    total = sum(e.self_cpu_time_total for e in events) or 1.0
-    return [
-        {
-            "op": e.key,
-            "calls": int(e.count),
-            "self_s": e.self_cpu_time_total / 1e6,
-            "share": e.self_cpu_time_total / total,
-        }
-        for e in events[:rows]
-    ]
-
-
-def run_pipeline(
-    model: nn.Module,
-    x: torch.Tensor,
-    *,
-    batch_size: int,
-    meter: Meter,
-    graphml: Path,
-    n_restarts: int = N_RESTARTS,
-    profile: bool = False,
-) -> dict[str, Any]:
-    """All stages of ``find_modules`` on ``model`` and ``x``, each under ``meter``."""
-    profiles: dict[str, Any] = {}
-
-    @contextlib.contextmanager
-    def stage(name: str) -> Iterator[None]:
-        with meter(name), _profiled(profile) as prof:
-            yield
-        if prof is not None:
-            profiles[name] = _top_ops(prof)
-
-    options = mg_basis.BasisOptions(batch_size=batch_size, progress=False)
-    meter.start()
-    with contextlib.ExitStack() as stack:
-        with stage("gram"):
-            sess = stack.enter_context(options.session(model, x, None, "bench"))
-            stats = options.statistics(sess)
-        with stage("basis"):
-            bases = options.fit(sess, stats)
-        with stage("edges"):
-            edges = interactions.compute_edges(sess, bases, n_alpha=1)
-        plan = sess.plan
-    with stage("graph"):
-        graph = interactions.build_graph(bases, edges, epsilon=None, tau=1e-4, n_alpha=1)
-        n_edges = int(graph.edge_list()["weight"].shape[0])
-    with stage("leiden"):
-        partition = cluster.leiden_modules(graph, n_restarts=n_restarts, seed=0)
-    with stage("graphml"):
-        graph.to_graphml(graphml, partition.membership)
-    names = list(bases)
-    return {
-        "bases": bases,
-        "edges": edges,
-        "layers": names,
-        "dims": [plan.dims[n] for n in names],
-        "ks": [bases[n].k for n in names],
-        "ranks": [bases[n].gram_rank for n in names],
-        "kinds": section_kinds(plan),
-        "n_edges": n_edges,
-        "n_modules": len(partition.modules),
-        "profiles": profiles,
-    }
-
-
-def _relative_gap(a: np.ndarray, b: np.ndarray) -> float:
-    """``max |a − b| / max |b|`` (inf when the shapes differ)."""
-    if a.shape != b.shape:
-        return math.inf
-    scale = float(np.abs(b).max()) if b.size else 0.0
-    return float(np.abs(a - b).max() / scale) if scale > 0 else float(np.abs(a - b).max(initial=0))
-
-
-def _stage_table(
-    records: dict[str, dict[str, float]], flops: dict[str, float], rate: float
-) -> dict:
-    out = {}
-    for name, rec in records.items():
-        row = dict(rec)
-        if name in flops:
-            achieved = flops[name] / max(rec["seconds"], 1e-12) / 1e9
-            reference = rec.get("matmul_gflops", rate)  # the stage's own rate when measured
-            row.update(gflop=flops[name] / 1e9, gflops=achieved, frac_matmul=achieved / reference)
-        out[name] = row
-    return out
-
-
-def pipeline_job(job: dict[str, Any]) -> dict[str, Any]:
-    """modgraph on both paths (and the baseline) for one MLP and one data size, back to back."""
-    widths, n = job["widths"], job["n"]
-    x = make_data(n, widths[0], seed=1)
-    result: dict[str, Any] = {"widths": widths, "n": n, "batch_size": job["batch_size"]}
-    pipelines: dict[str, Any] = {}
-    workdir = Path(tempfile.mkdtemp(prefix="modgraph-bench-"))
-    for path in job["paths"]:
-        model = make_model(widths, path)
-        meter = Meter(NUMERIC_STAGES)
-        rate_before = matmul_rate()
-        out = run_pipeline(
-            model,
-            x,
-            batch_size=job["batch_size"],
-            meter=meter,
-            graphml=workdir / f"{path}.graphml",
-            profile=job.get("profile", False),
-        )
-        rate = 0.5 * (rate_before + matmul_rate())
-        flops = stage_flops(out["dims"], out["ks"], out["ranks"], out["kinds"], n)
-        pipelines[path] = out
-        result[path] = {
-            "matmul_gflops": rate,
-            "matmul_gflops_before_after": [rate_before, 2 * rate - rate_before],
-            "stages": _stage_table(meter.records, flops, rate),
-            "total_seconds": sum(r["seconds"] for r in meter.records.values()),
-            "peak_mb": max(r["peak_mb"] for r in meter.records.values()),
-            "exact_peaks": meter.exact_peaks,
-            "layers": out["layers"],
-            "dims": out["dims"],
-            "ks": out["ks"],
-            "kinds": out["kinds"],
-            "n_edges": out["n_edges"],
-            "n_modules": out["n_modules"],
-            "profiles": out["profiles"],
-        }
-        del out, model, meter
-        _trim()
-    if job.get("baseline"):
-        model = make_model(widths, "shortcut")
-        meter = Meter(NUMERIC_STAGES)
-        rate_before = matmul_rate()
-        meter.start()
-        base = run_baseline(x, mlp_sections(model), batch_size=job["batch_size"], meter=meter)
-        rate = 0.5 * (rate_before + matmul_rate())
-        ref = next(iter(pipelines.values()))
-        flops = stage_flops(ref["dims"], ref["ks"], ref["ranks"], ["autograd"] * len(widths[1:]), n)
-        agreement = {}
-        for path, out in pipelines.items():
-            bases = list(out["bases"].values())
-            eig = max(
-                _relative_gap(b.eigenvalues.numpy(), m.eigenvalues)
-                for b, m in zip(base.bases, bases)
-            )
-            edge = max(
-                _relative_gap(b.numpy(), m) for b, m in zip(base.edges, out["edges"].values())
-            )
-            total_base = sum(base.seconds.values())
-            total_mg = sum(result[path]["stages"][s]["seconds"] for s in NUMERIC_STAGES)
-            # matmul-seconds (seconds × the rate measured around each stage): the comparison
-            # corrected for a machine whose speed drifts (other processes on shared cores)
-            work_base = sum(rec["seconds"] * rec["matmul_gflops"] for rec in meter.records.values())
-            work_mg = sum(
-                result[path]["stages"][s]["seconds"] * result[path]["stages"][s]["matmul_gflops"]
-                for s in NUMERIC_STAGES
-            )
-            agreement[path] = {
-                "eigenvalues_rel": eig,
-                "edges_rel": edge,
-                "agree_1e-8": bool(eig <= 1e-8 and edge <= 1e-8),
-                "speedup": {
-                    s: base.seconds[s] / result[path]["stages"][s]["seconds"]
-                    for s in NUMERIC_STAGES
-                },
-                "speedup_numeric": total_base / total_mg,
-                "speedup_numeric_rate_normalised": work_base / work_mg,
-            }
-        result["baseline"] = {
-            "matmul_gflops": rate,
-            "stages": _stage_table(meter.records, flops, rate),
-            "total_seconds": sum(base.seconds.values()),
-            "peak_mb": max(r["peak_mb"] for r in meter.records.values()),
-            "vs": agreement,
-        }
-    return result
-
-
-# --------------------------------------------------------------------------------------------
-# Graph scale
-# --------------------------------------------------------------------------------------------
-
-
-def synthetic_matrices(
-    n_edges: int,
-    *,
-    n_layers: int = 11,
-    density: float = 0.1,
-    n_modules: int = 8,
-    mixing: float = 0.2,
-    epsilon: float = 1.0,
-    seed: int = 0,
-) -> list[np.ndarray]:
-    """Layered interaction matrices with about ``n_edges`` entries above ``epsilon``.
-
-    ``n_layers`` node layers of equal width ``w ≈ sqrt(n_edges / ((n_layers − 1) · density))``;
-    each feature belongs to one of ``n_modules`` planted modules (contiguous blocks); a fraction
-    ``mixing`` of the entries above ε join different modules. Above ε: ``E = ε·exp(2·Exp(1))``
-    (cost ``½ ln(E/ε)`` exponential with mean 1); below: ``E = ε·U(0, 1)``.
-    """
-    rng = np.random.default_rng(seed)
-    pairs = n_layers - 1
-    w = max(2, round(math.sqrt(n_edges / (pairs * density))))
-    p_in = min(1.0, (1 - mixing) * density * n_modules)
-    p_out = mixing * density / (1 - 1 / n_modules)
-    labels = np.arange(w) * n_modules // w
-    same = labels[:, None] == labels[None, :]
-    prob = np.where(same, p_in, p_out)
-    mats = []
-    for _ in range(pairs):
-        above = rng.random((w, w)) < prob
-        E = epsilon * rng.random((w, w))
-        E[above] = epsilon * np.exp(2.0 * rng.exponential(1.0, int(above.sum())) + 1e-9)
-        mats.append(E)
-    return mats
-
-
-def graph_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Graph build, Leiden and GraphML export on a synthetic graph of about ``n_edges`` edges."""
-    n_restarts = job["n_restarts"]
-    mats = synthetic_matrices(job["n_edges"])
-    workdir = Path(tempfile.mkdtemp(prefix="modgraph-bench-"))
-    meter = Meter()
-    meter.start()
-    with meter("build"):
-        graph = modgraph.InteractionGraph.from_matrices(mats, epsilon=1.0)
-    with meter("edge_list"):
-        n_edges = int(graph.edge_list()["weight"].shape[0])
-    with meter("to_igraph"):
-        graph.to_igraph()
-    with meter("leiden"):
-        partition = cluster.leiden_modules(graph, n_restarts=n_restarts, seed=0)
-    with meter("graphml"):
-        graph.to_graphml(workdir / "graph.graphml", partition.membership)
-    size = (workdir / "graph.graphml").stat().st_size
-    rec = meter.records
-    return {
-        "n_edges": n_edges,
-        "n_nodes": graph.n_nodes,
-        "n_restarts": n_restarts,
-        "n_modules": len(partition.modules),
-        "stages": rec,
-        "build_plus_leiden_s": rec["build"]["seconds"] + rec["leiden"]["seconds"],
-        "graphml_mb": size / 2**20,
-        "peak_mb": max(r["peak_mb"] for r in rec.values()),
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# The edge kernel in float32 (a measurement for the float32 question of issue 6)
-# --------------------------------------------------------------------------------------------
-
-
-def kernel_job(job: dict[str, Any]) -> dict[str, Any]:
-    """The elementwise edge kernel ``Σ_x (P diag(s_x) Q ⊙ f_x)²`` of a ``784-w-w-10`` first section.
-
-    ``P (k', d')``, ``Q (d', k)``, ``s (N, d')`` (ReLU slopes), ``f (N, k)`` features, with
-    ``k' = d' = k = w``. Variants (all give the same ``E``):
-
-    - ``library``: modgraph's current code (64 MB chunks; ``gamma *= f``, then
-      ``einsum("bij,bij->ij")``, which torch runs as a batched matmul over permuted copies);
-    - ``matmul_only``: the chunked GEMM alone (the floor of the library layout);
-    - ``square_sum``: the same GEMM, then ``(gamma * f).square_().sum(0)``;
-    - ``square_sum_small``: as ``square_sum`` in 2 MB chunks, so the elementwise passes stay in cache;
-    - ``float32``: ``square_sum_small`` with the GEMM in float32, sums accumulated in float64.
-    """
-    rows, w = job["rows"], job["width"]
-    gen = torch.Generator().manual_seed(0)
-    P = torch.randn(w, w, dtype=torch.float64, generator=gen)
-    Q = torch.randn(w, w, dtype=torch.float64, generator=gen) / w**0.5
-    s = (torch.rand(rows, w, generator=gen) > 0.5).to(torch.float64)
-    f = torch.randn(rows, w, dtype=torch.float64, generator=gen)
-
-    def kernel(variant: str) -> tuple[float, torch.Tensor]:
-        dtype = torch.float32 if variant == "float32" else torch.float64
-        elements = 2**18 if variant in ("square_sum_small", "float32") else 2**23
-        chunk = max(1, elements // (w * w))
-        P_, Q_, s_, f_ = (t.to(dtype) for t in (P, Q, s, f))
-        total = torch.zeros(w, w, dtype=torch.float64)
-        t0 = time.perf_counter()
-        for sc, fc in zip(s_.split(chunk), f_.split(chunk)):
-            gamma = ((P_[None] * sc[:, None, :]).reshape(-1, w) @ Q_).reshape(-1, w, w)
-            if variant == "library":
-                gamma *= fc[:, None, :]
-                total += torch.einsum("bij,bij->ij", gamma, gamma)
-            elif variant != "matmul_only":
-                gamma *= fc[:, None, :]
-                total += gamma.square_().sum(0, dtype=torch.float64)
-        return time.perf_counter() - t0, total
-
-    kernel("library")  # warm-up
-    variants = ["library", "matmul_only", "square_sum", "square_sum_small", "float32"]
-    seconds, results = {}, {}
-    rate64 = matmul_rate(torch.float64)
-    for v in variants:
-        seconds[v], results[v] = kernel(v)
-    rate32 = matmul_rate(torch.float32)
-    rate64 = 0.5 * (rate64 + matmul_rate(torch.float64))
-    mm_flops = 2.0 * rows * w * w * w
-    ref = results["library"].numpy()
-    return {
-        "rows": rows,
-        "width": w,
-        "matmul_gflops": {"float64": rate64, "float32": rate32},
-        "gemm_gflop": mm_flops / 1e9,
-        "seconds": seconds,
-        "frac_matmul": {v: mm_flops / t / 1e9 / rate64 for v, t in seconds.items()},
-        "rel_error": {
-            v: _relative_gap(r.numpy(), ref) for v, r in results.items() if v != "matmul_only"
-        },
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# Jobs in subprocesses
-# --------------------------------------------------------------------------------------------
-
-JOBS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "pipeline": pipeline_job,
-    "graph": graph_job,
-    "kernel": kernel_job,
-}
-
-
-_WARM = False
-
-
-def warm_up() -> None:
-    """Pay one-off costs (lazy imports, first calls of torch.func and leidenalg) before timing."""
-    global _WARM
-    if _WARM:
-        return
-    _WARM = True
-    with tempfile.TemporaryDirectory() as tmp:
-        for path in ("shortcut", "autograd"):
-            model = make_model([8, 6, 6, 3], path)
-            run_pipeline(
-                model, make_data(64, 8), batch_size=32, meter=Meter(), graphml=Path(tmp) / "w.xml"
-            )
-    run_baseline(make_data(64, 8), mlp_sections(make_model([8, 6, 6, 3], "shortcut")))
-    matmul_rate(n=256, repeats=1, min_seconds=0.01)
-
-
-def execute(job: dict[str, Any]) -> dict[str, Any]:
-    """Run one job in this process (with the job's thread count), after a warm-up."""
-    threads, rate = torch.get_num_threads(), dict(RATE)
-    try:
-        RATE.update(job.get("rate") or {})
-        if job.get("threads"):
-            torch.set_num_threads(int(job["threads"]))
-        with warnings.catch_warnings():
-            # modgraph.interactions wraps read-only arrays with torch.as_tensor (harmless here)
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            warm_up()
-            t0 = time.perf_counter()
-            out = JOBS[job["kind"]](job)
-    finally:
-        torch.set_num_threads(threads)
-        RATE.update(rate)
-    out["job"] = dict(job)
-    out["wall_seconds"] = time.perf_counter() - t0
-    return out
-
-
-def run_job(job: dict[str, Any], *, in_process: bool = False) -> dict[str, Any]:
-    """Run one job in a fresh ``python -m bench.run --job`` subprocess (or here)."""
-    if in_process:
-        return execute(job)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--job", json.dumps(job)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-        check=False,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"benchmark job {job} failed (exit {proc.returncode})")
-    return json.loads(lines[-1][len("RESULT ") :])
-
-
-# --------------------------------------------------------------------------------------------
-# Report
+# Tables
 # --------------------------------------------------------------------------------------------
 
 
@@ -758,6 +114,30 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+#: Columns of :func:`stage_rows` (after the caller's own leading columns).
+STAGE_HEADERS = ("stage", "seconds", "peak MB", "GFLOP", "GFLOP/s", "matmul GF/s", "of matmul")
+
+
+def stage_rows(
+    prefix: Sequence[Any], stages: dict[str, dict[str, Any]], total: Iterable[Any]
+) -> list[list[Any]]:
+    """One row per stage (:data:`STAGE_HEADERS`), then a total row ``[*prefix, *total]``."""
+    rows = [
+        [
+            *prefix,
+            stage,
+            rec["seconds"],
+            rec["peak_mb"],
+            rec.get("gflop", ""),
+            rec.get("gflops", ""),
+            rec.get("matmul_gflops", ""),
+            f"{100 * rec['frac_matmul']:.0f}%" if "frac_matmul" in rec else "",
+        ]
+        for stage, rec in stages.items()
+    ]
+    return [*rows, [*prefix, *total]]
+
+
 def _name(widths: Sequence[int]) -> str:
     return "-".join(str(w) for w in widths)
 
@@ -765,29 +145,11 @@ def _name(widths: Sequence[int]) -> str:
 def report_pipeline(res: dict[str, Any]) -> str:
     rows = []
     for path in ("shortcut", "autograd", "baseline"):
-        if path not in res:
-            continue
-        r = res[path]
-        for stage, rec in r["stages"].items():
-            rows.append(
-                [
-                    _name(res["widths"]),
-                    res["n"],
-                    path,
-                    stage,
-                    rec["seconds"],
-                    rec["peak_mb"],
-                    rec.get("gflop", ""),
-                    rec.get("gflops", ""),
-                    rec.get("matmul_gflops", ""),
-                    f"{100 * rec['frac_matmul']:.0f}%" if "frac_matmul" in rec else "",
-                ]
-            )
-        rows.append([_name(res["widths"]), res["n"], path, "TOTAL", r["total_seconds"],
-                     r["peak_mb"], "", "", r["matmul_gflops"], ""])  # fmt: skip
-    headers = ["model", "N", "path", "stage", "seconds", "peak MB", "GFLOP", "GFLOP/s",
-               "matmul GF/s", "of matmul"]  # fmt: skip
-    return format_table(headers, rows)
+        if path in res:
+            r = res[path]
+            total = ["TOTAL", r["total_seconds"], r["peak_mb"], "", "", r["matmul_gflops"], ""]
+            rows += stage_rows([_name(res["widths"]), res["n"], path], r["stages"], total)
+    return format_table(["model", "N", "path", *STAGE_HEADERS], rows)
 
 
 def report_baseline(res: dict[str, Any]) -> str:
@@ -839,26 +201,31 @@ def report_scaling(summary: dict[str, Any], key: str) -> str:
 
 
 def report_graph(results: Sequence[dict[str, Any]]) -> str:
-    rows = []
-    for r in results:
-        st = r["stages"]
-        rows.append(
-            [
-                r["n_edges"],
-                r["n_nodes"],
-                r["n_restarts"],
-                *(
-                    st[s]["seconds"]
-                    for s in ("build", "edge_list", "to_igraph", "leiden", "graphml")
-                ),
-                r["build_plus_leiden_s"],
-                r["n_modules"],
-                r["peak_mb"],
-            ]
-        )
-    headers = ["edges", "nodes", "restarts", "build s", "edge_list s", "to_igraph s", "leiden s",
-               "graphml s", "build+leiden s", "modules", "peak MB"]  # fmt: skip
+    steps = ("build", "edge_list", "to_igraph", "leiden", "graphml")
+    rows = [
+        [
+            r["n_edges"],
+            r["n_nodes"],
+            r["n_restarts"],
+            *(r["stages"][s]["seconds"] for s in steps),
+            r["build_plus_leiden_s"],
+            r["n_modules"],
+            r["peak_mb"],
+        ]
+        for r in results
+    ]
+    headers = ["edges", "nodes", "restarts", *(f"{s} s" for s in steps), "build+leiden s",
+               "modules", "peak MB"]  # fmt: skip
     return format_table(headers, rows)
+
+
+def report_kernel(k: dict[str, Any]) -> str:
+    rows = [
+        [v, t, k["seconds"]["library"] / t, k["frac_matmul"][v], k["rel_error"].get(v, "")]
+        for v, t in k["seconds"].items()
+    ]
+    table = format_table(["variant", "seconds", "x library", "of f64 matmul", "rel.err"], rows)
+    return f"{table}\nmatmul rate: {k['matmul_gflops']}"
 
 
 def machine_info(threads: int | None) -> dict[str, Any]:
@@ -874,8 +241,8 @@ def machine_info(threads: int | None) -> dict[str, Any]:
     }
 
 
-def targets(results: dict[str, Any], size: str) -> dict[str, Any]:
-    """The four targets of issue 6, measured (``None`` where this run did not measure one)."""
+def targets(results: dict[str, Any]) -> dict[str, Any]:
+    """The four targets of issue 6, measured (absent where this run did not measure one)."""
     out: dict[str, Any] = {}
     base = [r for r in results.get("pipeline", []) if "baseline" in r]
     if base:
@@ -887,12 +254,13 @@ def targets(results: dict[str, Any], size: str) -> dict[str, Any]:
             "target": ">= 10",
             "met": v["speedup_numeric"] >= 10,
         }
-    fracs = {}
-    for r in results.get("pipeline", []):
-        for path in ("shortcut", "autograd"):
-            if path in r:
-                for s in ("basis", "edges"):
-                    fracs[f"{_name(r['widths'])} {path} {s}"] = r[path]["stages"][s]["frac_matmul"]
+    fracs = {
+        f"{_name(r['widths'])} {path} {s}": r[path]["stages"][s]["frac_matmul"]
+        for r in results.get("pipeline", [])
+        for path in ("shortcut", "autograd")
+        if path in r
+        for s in ("basis", "edges")
+    }
     if fracs:
         out["jacobian_edges_frac_matmul"] = {
             "values": fracs,
@@ -920,7 +288,12 @@ def targets(results: dict[str, Any], size: str) -> dict[str, Any]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
     parser.add_argument("--size", choices=sorted(SIZES), default=None, help=argparse.SUPPRESS)
@@ -948,8 +321,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a fresh subprocess per configuration (default in full mode)",
     )
     parser.add_argument("--job", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.job is not None:  # worker
         print("RESULT " + json.dumps(execute(json.loads(args.job))), flush=True)
         return 0
@@ -965,6 +341,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     def say(text: str) -> None:
         print(text, flush=True)
 
+    def run(kind: str, **job: Any) -> dict[str, Any]:
+        return run_job({"kind": kind, **job, **common}, in_process=not isolate)
+
+    def mlp(width: int) -> list[int]:
+        return [d_in, width, width, OUTPUT_DIM]
+
     results["isolation"] = "subprocess per configuration" if isolate else "in process"
     say(f"modgraph benchmarks ({size}, {results['isolation']}): {results['machine']}")
     load = results["machine"]["load_average"]
@@ -975,65 +357,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             "parallel regions stall while other processes hold the cores (timings become "
             "erratic). --threads 1 gives steadier ratios on a busy machine."
         )
-    d_in = cfg["input_dim"]
+    d_in, n = cfg["input_dim"], cfg["n"]
     if "pipeline" in parts:
         results["pipeline"] = []
         for w in cfg["widths"]:
-            job = {
-                "kind": "pipeline",
-                "widths": [d_in, w, w, OUTPUT_DIM],
-                "n": cfg["n"],
-                "paths": ["shortcut", "autograd"],
-                "baseline": w in cfg["baseline_widths"],
-                "profile": args.profile,
-                **common,
-            }
-            res = run_job(job, in_process=not isolate)
+            res = run("pipeline", widths=mlp(w), n=n, paths=["shortcut", "autograd"],
+                      baseline=w in cfg["baseline_widths"], profile=args.profile)  # fmt: skip
             results["pipeline"].append(res)
-            say(f"\n== 1. pipeline stages, {_name(job['widths'])}, N={cfg['n']} ==")
+            say(f"\n== 1. pipeline stages, {_name(mlp(w))}, N={n} ==")
             say(report_pipeline(res))
             if "baseline" in res:
                 say("\n== 2. speed-up over the baseline (one autograd.grad per output feature) ==")
                 say(report_baseline(res))
     if "scaling" in parts:
         w0 = cfg["scaling_width"]
-        runs_n = []
-        for n in cfg["scaling_n"]:
-            job = {"kind": "pipeline", "widths": [d_in, w0, w0, OUTPUT_DIM], "n": n,
-                   "paths": ["shortcut"], **common}  # fmt: skip
-            runs_n.append(run_job(job, in_process=not isolate))
-        results["scaling_n"] = scaling_summary(runs_n, "n")
-        say(f"\n== 3a. scaling in N ({_name([d_in, w0, w0, OUTPUT_DIM])}, shortcut path) ==")
+        runs = [run("pipeline", widths=mlp(w0), n=m, paths=["shortcut"]) for m in cfg["scaling_n"]]
+        results["scaling_n"] = scaling_summary(runs, "n")
+        say(f"\n== 3a. scaling in N ({_name(mlp(w0))}, shortcut path) ==")
         say(report_scaling(results["scaling_n"], "N"))
-        runs_w = []
-        for w in cfg["scaling_widths"]:
-            job = {"kind": "pipeline", "widths": [d_in, w, w, OUTPUT_DIM], "n": cfg["n"],
-                   "paths": ["shortcut"], **common}  # fmt: skip
-            runs_w.append(run_job(job, in_process=not isolate))
-        results["scaling_width"] = scaling_summary(runs_w, "width")
-        say(f"\n== 3b. scaling in width ({d_in}-w-w-{OUTPUT_DIM}, N={cfg['n']}, shortcut path) ==")
+        runs = [run("pipeline", widths=mlp(w), n=n, paths=["shortcut"]) for w in cfg["scaling_widths"]]  # fmt: skip
+        results["scaling_width"] = scaling_summary(runs, "width")
+        say(f"\n== 3b. scaling in width ({d_in}-w-w-{OUTPUT_DIM}, N={n}, shortcut path) ==")
         say(report_scaling(results["scaling_width"], "width"))
     if "graph" in parts:
-        results["graph"] = []
-        for m in cfg["graph_edges"]:
-            job = {"kind": "graph", "n_edges": m,
-                   "n_restarts": 1 if m >= cfg["big_graph"] else N_RESTARTS, **common}  # fmt: skip
-            results["graph"].append(run_job(job, in_process=not isolate))
+        results["graph"] = [
+            run("graph", n_edges=m, n_restarts=1 if m >= cfg["big_graph"] else N_RESTARTS)
+            for m in cfg["graph_edges"]
+        ]
         say("\n== 4. graph scale (synthetic layered graphs, 8 planted modules) ==")
         say(report_graph(results["graph"]))
     if "kernel" in parts:
         w = cfg["widths"][0]
-        job = {"kind": "kernel", "rows": cfg["kernel_rows"], "width": w, **common}
-        k = run_job(job, in_process=not isolate)
-        results["kernel"] = k
-        say(f"\n== edge kernel Σ_x (P diag(s_x) Q ⊙ f_x)², k'=d'=k={w}, {k['rows']} rows ==")
-        rows = [
-            [v, t, k["seconds"]["library"] / t, k["frac_matmul"][v], k["rel_error"].get(v, "")]
-            for v, t in k["seconds"].items()
-        ]
-        say(format_table(["variant", "seconds", "x library", "of f64 matmul", "rel.err"], rows))
-        say(f"matmul rate: {k['matmul_gflops']}")
-    results["targets"] = targets(results, size)
+        k = results["kernel"] = run("kernel", rows=cfg["kernel_rows"], width=w, input_dim=d_in)
+        shape = ", ".join(f"{key}={v}" for key, v in k["shape"].items())
+        say(f"\n== edge kernel Σ_x (P diag(s_x) Q ∘ f_x)², {_name(mlp(w))}, {shape}, "
+            f"{k['rows']} rows ==")  # fmt: skip
+        say(report_kernel(k))
+    results["targets"] = targets(results)
     results["wall_seconds"] = time.perf_counter() - t_start
     say("\n== targets ==")
     for name, t in results["targets"].items():

@@ -1,24 +1,32 @@
 """The benchmark baseline must keep computing what modgraph computes, and the bench must run.
 
 ``bench/baseline.py`` is the yardstick of modgraph's speed-ups (issue 6): if it drifted from
-modgraph's formulas the speed-ups would compare different things. Tiny sizes only.
+modgraph's formulas the speed-ups would compare different things. Likewise the FLOP counts of
+``bench/models.py`` must count what the library (and the baseline) compute, or the "of matmul"
+figures mean nothing: they are checked against torch's own FLOP formulas. Tiny sizes only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 import modgraph
-from bench import run as bench_run
+from bench import jobs, models, run
 from bench.baseline import mlp_sections, run_baseline
+from bench.pipeline import run_pipeline
+from modgraph import interactions
 from modgraph.toy import mlp
 
-TINY_RATE = bench_run.SIZES["tiny"]["rate"]
+TINY_RATE = run.SIZES["tiny"]["rate"]
 
 
 @pytest.fixture(autouse=True)
@@ -39,8 +47,8 @@ def _gap(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("path", ["shortcut", "autograd"])
 def test_baseline_agrees_with_modgraph(path: str) -> None:
-    model = bench_run.make_model([12, 16, 14, 5], path)
-    x = bench_run.make_data(300, 12, seed=3)
+    model = models.make_model([12, 16, 14, 5], path)
+    x = models.make_data(300, 12, seed=3)
     graph = modgraph.interaction_graph(model, x, batch_size=64, progress=False)
     seq = mlp([12, 16, 14, 5], seed=0)  # the same weights as make_model (seed 0)
     base = run_baseline(x, mlp_sections(seq), batch_size=50)
@@ -53,7 +61,7 @@ def test_baseline_agrees_with_modgraph(path: str) -> None:
 
 def test_baseline_features_up_to_sign() -> None:
     seq = mlp([10, 12, 6, 3], seed=2)
-    x = bench_run.make_data(200, 10, seed=4)
+    x = models.make_data(200, 10, seed=4)
     bases = modgraph.interaction_basis(seq, x, progress=False)
     base = run_baseline(x, mlp_sections(seq), batch_size=64)
     for b, m in zip(base.bases, bases.values()):
@@ -71,52 +79,123 @@ def _layer_input(seq: torch.nn.Sequential, x: torch.Tensor, layer: str) -> torch
     return x
 
 
-def test_stage_flops_by_hand() -> None:
+class MatmulFlops(TorchDispatchMode):
+    """Counts FLOPs with torch's own formulas (``torch.utils.flop_counter``: mm, bmm, addmm,
+    ...), forward and backward. ``FlopCounterMode`` itself cannot be used: its module tracker
+    fails on ``autograd.grad`` with a leaf module input, as the baseline does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0.0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+class FlopMeter:
+    """A stand-in for ``bench.meter.Meter`` that counts each stage's matmul FLOPs."""
+
+    def __init__(self) -> None:
+        self.flops: dict[str, float] = {}
+
+    def start(self) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        with MatmulFlops() as counter:
+            yield
+        self.flops[stage] = counter.total
+
+
+@pytest.mark.parametrize(
+    ("path", "n"),
+    [("shortcut", 300), ("autograd", 300), ("autograd", 15)],  # n=15: the projected Gram (r < d/2)
+)
+def test_stage_flops_count_what_the_library_computes(path: str, n: int, tmp_path: Path) -> None:
+    model = models.make_model([40, 16, 16, 4], path)
+    meter = FlopMeter()
+    out = run_pipeline(
+        model, models.make_data(n, 40, seed=1), batch_size=64, meter=meter, graphml=tmp_path / "g"
+    )
+    assert out["kinds"] == (
+        ["elementwise", "elementwise", "junction"]
+        if path == "shortcut"
+        else ["autograd_folded", "autograd", "junction"]
+    )
+    parts = models.stage_flops(out["dims"], out["ks"], out["ranks"], out["kinds"], n, 64)
+    for stage in models.NUMERIC_STAGES:
+        assert parts[stage]["matmul"] == pytest.approx(meter.flops[stage], rel=1e-12), stage
+
+
+def test_baseline_flops_count_what_the_baseline_computes() -> None:
+    widths, n = [40, 16, 16, 4], 120
+    meter = FlopMeter()
+    x = models.make_data(n, 40, seed=1)
+    base = run_baseline(x, mlp_sections(mlp(widths, seed=0)), batch_size=50, meter=meter)
+    dims, ks = widths, [b.C.shape[1] for b in base.bases]
+    ranks = [min(n - 1, 40), 16, 16, 4]  # N(0, 1) inputs; ReLU layers of full rank here
+    parts = models.baseline_flops(dims, ks, ranks, n)
+    for stage in models.NUMERIC_STAGES:
+        assert parts[stage]["matmul"] == pytest.approx(meter.flops[stage], rel=1e-12), stage
+
+
+def test_stage_flops_eigh_and_elementwise_by_hand() -> None:
     # one elementwise section 4 -> 3 (k = 2, k' = 3), then a junction 3 -> 2 (k' = 2), N = 10
-    flops = bench_run.stage_flops([4, 3, 2], [2, 3, 2], [4, 3, 2], ["elementwise", "junction"], 10)
-    fwd = 2 * 10 * (4 * 3 + 3 * 2)
-    assert flops["gram"] == fwd + 2 * 10 * (16 + 9 + 4) + 2 * 10 * 9
-    # edges: forward of the first section, Γ 2·N·k'·d'·k, features 2·N·d·k, squares 3·N·k'·k,
-    # junction 2·k'·d'·d + 2·k'·d·k
-    assert flops["edges"] == 2 * 10 * 12 + 2 * 10 * 3 * 3 * 2 + 2 * 10 * 4 * 2 + 3 * 10 * 3 * 2 + (
-        2 * 2 * 2 * 3 + 2 * 2 * 3 * 3
-    )
-    auto = bench_run.stage_flops([4, 3, 2], [2, 3, 2], [4, 3, 2], ["autograd", "junction"], 10)
-    assert auto["basis"] - flops["basis"] == pytest.approx(
-        2 * 10 * 12 + 2 * 10 * 3 * 3 * 4 + 2 * 10 * 3 * 16 - (2 * 9 * 3 + 2 * 4 * 9 + 2 * 16 * 3)
-    )
+    dims, ks, ranks = [4, 3, 2], [2, 3, 2], [4, 3, 2]
+    parts = models.stage_flops(dims, ks, ranks, ["elementwise", "junction"], 10, batch_size=4)
+    eigh = models.eigh_flops
+    assert parts["basis"]["eigh"] == eigh(2) + eigh(4) + eigh(4) + eigh(3) + eigh(3)
+    # the edge kernel: P ∘ s (N·k'·d'), then Γ², ∘ f², Σ (3·N·k'·k); no data pass at a junction
+    assert parts["edges"]["elementwise"] == 10 * 3 * 3 + 3 * 10 * 3 * 2
+    assert parts["gram"]["elementwise"] == parts["basis"]["elementwise"] == 0
+    assert models.totals(parts) == {s: sum(p.values()) for s, p in parts.items()}
 
 
 def test_fit_exponent_and_synthetic_graph() -> None:
-    assert bench_run.fit_exponent([1, 2, 4], [3, 12, 48]) == pytest.approx(2.0)
-    mats = bench_run.synthetic_matrices(2_000, seed=1)
+    assert run.fit_exponent([1, 2, 4], [3, 12, 48]) == pytest.approx(2.0)
+    mats = jobs.synthetic_matrices(2_000, seed=1)
     above = sum(int((E > 1.0).sum()) for E in mats)
     assert 0.7 * 2_000 < above < 1.3 * 2_000
     assert all(E.shape == mats[0].shape and (E >= 0).all() for E in mats)
 
 
-def test_bench_jobs_tiny(tmp_path) -> None:
+@pytest.mark.slow
+def test_bench_jobs_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     job = {"kind": "pipeline", "widths": [16, 8, 8, 4], "n": 120, "batch_size": 32,
            "paths": ["shortcut", "autograd"], "baseline": True, "threads": 1, "rate": TINY_RATE}  # fmt: skip
-    res = bench_run.execute(job)
+    res = jobs.execute(job)
     for path in ("shortcut", "autograd", "baseline"):
         stages = res[path]["stages"]
         assert all(stages[s]["seconds"] > 0 and stages[s]["gflop"] > 0 for s in ("gram", "edges"))
     assert all(v["agree_1e-8"] for v in res["baseline"]["vs"].values())
     assert res["shortcut"]["kinds"] == ["elementwise", "elementwise", "junction"]
-    assert res["autograd"]["kinds"] == ["autograd", "autograd", "junction"]
-    # the kernel variants compute the same E
-    kernel = bench_run.execute({"kind": "kernel", "rows": 40, "width": 8, "rate": TINY_RATE})
+    assert res["autograd"]["kinds"] == ["autograd_folded", "autograd", "junction"]
+    # the kernel's "library" row calls the library's edge kernel itself; the experiments agree
+    calls = []
+    library_kernel = interactions._elementwise_edges_batch
+
+    def counted(*args: object) -> torch.Tensor:
+        calls.append(args)
+        return library_kernel(*args)
+
+    monkeypatch.setattr(interactions, "_elementwise_edges_batch", counted)
+    small = {"rows": 40, "width": 8, "input_dim": 12, "batch_size": 16, "rate": TINY_RATE}
+    kernel = jobs.execute({"kind": "kernel", **small})
+    assert len(calls) == 2 * 3  # warm-up and timed run, 3 batches of 16 rows each
+    assert set(kernel["seconds"]) == set(jobs.KERNEL_VARIANTS)
     assert max(kernel["rel_error"].values()) < 1e-5
     # the entry point, end to end, in process; the graph job through a real subprocess
     out = tmp_path / "bench.json"
-    assert (
-        bench_run.main(["--size", "tiny", "--in-process", "--only", "scaling", "--out", str(out)])
-        == 0
-    )
+    assert run.main(["--size", "tiny", "--in-process", "--only", "scaling", "--out", str(out)]) == 0
     saved = json.loads(out.read_text())
     assert saved["targets"]["peak_memory_ratio"]["n"] == [100, 200]
-    graph = bench_run.run_job(
+    graph = jobs.run_job(
         {"kind": "graph", "n_edges": 300, "n_restarts": 2, "threads": 1, "rate": TINY_RATE}
     )
     assert graph["n_edges"] > 100 and graph["stages"]["leiden"]["seconds"] > 0

@@ -1,0 +1,202 @@
+"""The benchmark models and data, and the FLOPs each numeric stage performs on them.
+
+Models: ``modgraph.toy.mlp`` ReLU MLPs (float64, seed 0) on N(0, 1) float64 inputs, each either as
+the ``nn.Sequential`` itself (modgraph's elementwise shortcuts) or as :class:`FunctionalMLP` (the
+same weights with ``F.relu`` in ``forward``: modgraph's autograd path).
+
+FLOPs (multiply-add = 2), per stage and :data:`PARTS` (:func:`totals` sums them):
+:func:`stage_flops` counts what modgraph's stage functions compute, term by term (checked
+against torch's FLOP counter in ``tests/test_bench_baseline.py``), :func:`baseline_flops` what
+``bench/baseline.py`` computes. The formulas are in bench/README.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modgraph.capture import Session
+from modgraph.jacobian import narrowing_linear
+from modgraph.toy import mlp
+
+__all__ = [
+    "NUMERIC_STAGES",
+    "FunctionalMLP",
+    "baseline_flops",
+    "eigh_flops",
+    "make_data",
+    "make_model",
+    "section_kinds",
+    "stage_flops",
+    "totals",
+]
+
+NUMERIC_STAGES = ("gram", "basis", "edges")
+#: How the FLOPs of a stage split: matrix products (what torch's FLOP counter sees), symmetric
+#: eigen-decompositions, and elementwise arithmetic on the per-sample edge products.
+PARTS = ("matmul", "eigh", "elementwise")
+
+Parts = dict[str, dict[str, float]]
+
+
+class FunctionalMLP(nn.Module):
+    """The function of a Sequential ReLU MLP, with ``F.relu`` in ``forward``.
+
+    modgraph cannot see a functional nonlinearity as a module, so the sections between hidden
+    layers take its general path (batched autograd VJPs) instead of the elementwise shortcut.
+    """
+
+    def __init__(self, sequential: nn.Sequential) -> None:
+        super().__init__()
+        self.linears = nn.ModuleList(
+            copy.deepcopy(m) for m in sequential if isinstance(m, nn.Linear)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        *hidden, last = self.linears
+        for lin in hidden:
+            x = F.relu(lin(x))
+        return last(x)
+
+
+def make_model(widths: Sequence[int], path: str, seed: int = 0) -> nn.Module:
+    """``nn.Sequential`` ReLU MLP (``path="shortcut"``) or its :class:`FunctionalMLP` twin."""
+    seq = mlp(list(widths), nn.ReLU, seed=seed)
+    return seq if path == "shortcut" else FunctionalMLP(seq)
+
+
+def make_data(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, dtype=torch.float64, generator=gen)
+
+
+def section_kinds(sess: Session) -> list[str]:
+    """How modgraph differentiates each section of the session's plan.
+
+    ``"elementwise"`` (Linear + elementwise module: exact shortcuts), ``"junction"`` (Linear
+    alone: no data pass for the edges), ``"autograd"`` (batched VJPs at the source node layer) or
+    ``"autograd_folded"`` (the source module is a narrowing ``nn.Linear``: VJPs at its output
+    ``z``, folded back by ``W``; see ``modgraph.jacobian.narrowing_linear``).
+    """
+    kinds = []
+    for s in sess.plan.sections:
+        if s.elementwise:
+            kinds.append("junction" if s.activation is None else "elementwise")
+        else:
+            kinds.append("autograd" if narrowing_linear(sess, s) is None else "autograd_folded")
+    return kinds
+
+
+def eigh_flops(n: int) -> float:
+    """Symmetric eigen-decomposition with vectors: tridiagonal reduction 4/3 n³ plus
+    back-transformation 2 n³ (a lower bound; the tridiagonal solver is not counted)."""
+    return (4 / 3 + 2) * n**3
+
+
+def _empty() -> Parts:
+    return {s: dict.fromkeys(PARTS, 0.0) for s in NUMERIC_STAGES}
+
+
+def stage_flops(
+    dims: Sequence[int],
+    ks: Sequence[int],
+    ranks: Sequence[int],
+    kinds: Sequence[str],
+    n: int,
+    batch_size: int = 256,
+) -> Parts:
+    """FLOPs of modgraph's numeric stages, per stage and part (:data:`PARTS`).
+
+    ``dims[l]``, ``ks[l]``, ``ranks[l]``: width, kept features and covariance rank of node layer
+    ``l`` (``l = 0..L``, the output last); ``kinds[l]``: the kind of section ``l → l+1`` (see
+    :func:`section_kinds`). Each term names the code that performs it.
+    """
+    L = len(kinds)
+    fwd = [2.0 * n * dims[l] * dims[l + 1] for l in range(L)]  # forward of each section
+    parts = _empty()
+    gram, basis, edges = (parts[s] for s in NUMERIC_STAGES)
+    # capture.session: the plan's probe forward (first rows of the first batch); then
+    # moments.accumulate_statistics: one forward, cᵀc per node layer, σ'ᵀσ' per elementwise
+    probe = min(16, batch_size, n) / n
+    gram["matmul"] = sum(fwd) * (1 + probe) + sum(2.0 * n * d * d for d in dims)
+    gram["matmul"] += sum(2.0 * n * dims[l + 1] ** 2 for l in range(L) if kinds[l] == "elementwise")
+    basis["eigh"] = eigh_flops(dims[L])  # basis.fit_output: covariance_cut of the output
+    if "elementwise" in kinds:  # interactions.compute_edges: one shared forward pass
+        edges["matmul"] = sum(fwd)
+    for l, kind in enumerate(kinds):
+        d, dn, k, kn, r = dims[l], dims[l + 1], ks[l], ks[l + 1], ranks[l]
+        # basis.fit_layer: covariance_cut eigh(d); eigh(r) of M; C (2·d·r·k) and C⁺ (4·k·d·r)
+        basis["eigh"] += eigh_flops(d) + (eigh_flops(r) if r else 0.0)
+        basis["matmul"] += 6.0 * d * r * k
+        project = kind.startswith("autograd") and 2 * r < d  # local_jacobian_gram(project=…)
+        if r and not project:  # M = (U D^½)ᵀ M' (U D^½)
+            basis["matmul"] += 2.0 * d * d * r + 2.0 * d * r * r
+        if kind in ("elementwise", "junction") and r:
+            # jacobian.elementwise_jacobian_gram: A = C'C'ᵀ, then Wᵀ (A ∘ S) W; no data pass
+            basis["matmul"] += 2.0 * dn * dn * kn + 2.0 * d * dn * dn + 2.0 * d * d * dn
+        elif kind.startswith("autograd") and r and kn:
+            # jacobian.local_jacobian_gram: forward to l+1, k' VJPs per row
+            basis["matmul"] += sum(fwd[: l + 1])
+            if kind == "autograd_folded":
+                # VJPs at z through σ only (no product), Gram of the z-VJPs 2·N·k'·d'², then W
+                basis["matmul"] += 2.0 * n * kn * dn * dn
+                basis["matmul"] += (
+                    2.0 * dn * d * r + 2.0 * r * dn * dn + 2.0 * r * r * dn
+                    if project
+                    else 2.0 * d * dn * dn + 2.0 * d * d * dn
+                )
+            else:  # VJPs through the source Linear (2·N·k'·d'·d), then their Gram
+                basis["matmul"] += 2.0 * n * kn * dn * d
+                basis["matmul"] += (
+                    2.0 * n * kn * d * r + 2.0 * n * kn * r * r if project else 2.0 * n * kn * d * d
+                )
+        if kind == "junction":  # interactions._junction_edges: Γ = C'ᵀ W C⁺ᵀ, no data pass
+            edges["matmul"] += 2.0 * kn * dn * d + 2.0 * kn * d * k
+        elif kind == "elementwise":  # interactions._elementwise_edges_batch, every batch:
+            # z = W a + b again (2·N·d·d'), features (2·N·d·k), Q = W C⁺ᵀ per batch, Γ GEMM
+            edges["matmul"] += 2.0 * n * d * dn + 2.0 * n * d * k
+            edges["matmul"] += math.ceil(n / batch_size) * 2.0 * dn * d * k
+            edges["matmul"] += 2.0 * n * kn * dn * k
+            edges["elementwise"] += n * kn * dn + 3.0 * n * kn * k  # P∘s; Γ², ∘f², Σ
+        elif k and kn:  # interactions._autograd_edges: forward to l+1, k' VJPs per row
+            edges["matmul"] += sum(fwd[: l + 1]) + 2.0 * n * d * k
+            if kind == "autograd_folded":  # (W C⁺ᵀ) once; Γ = (∂f̂'/∂z) (W C⁺ᵀ)
+                edges["matmul"] += 2.0 * dn * d * k + 2.0 * n * kn * dn * k
+            else:  # VJPs through W, then Γ = (∂f̂'/∂a) C⁺ᵀ
+                edges["matmul"] += 2.0 * n * kn * dn * d + 2.0 * n * kn * d * k
+            edges["elementwise"] += 3.0 * n * kn * k
+    return parts
+
+
+def baseline_flops(dims: Sequence[int], ks: Sequence[int], ranks: Sequence[int], n: int) -> Parts:
+    """FLOPs of ``bench.baseline.run_baseline`` on an MLP, per stage and part.
+
+    Every section runs through autograd, one ``autograd.grad`` per next feature; each call's
+    backward goes through ``· @ C'`` (2·B·k'·d'), the section (2·B·d'·d) and, for the edges,
+    ``· @ C⁺`` (2·B·d·k).
+    """
+    L = len(dims) - 1
+    fwd = [2.0 * n * dims[l] * dims[l + 1] for l in range(L)]
+    parts = _empty()
+    gram, basis, edges = (parts[s] for s in NUMERIC_STAGES)
+    gram["matmul"] = sum(fwd) + sum(2.0 * n * d * d for d in dims)
+    for l in range(L):
+        d, dn, k, kn, r = dims[l], dims[l + 1], ks[l], ks[l + 1], ranks[l]
+        basis["eigh"] += eigh_flops(d) + eigh_flops(r)
+        forward = sum(fwd[: l + 1]) + 2.0 * n * dn * kn  # to l+1, then (· − μ') C'
+        basis["matmul"] += forward + 2.0 * n * kn * (kn * dn + dn * d) + 2.0 * n * kn * d * d
+        basis["matmul"] += 2.0 * d * d * r + 2.0 * d * r * r + 4.0 * d * r * k
+        edges["matmul"] += forward + 4.0 * n * d * k  # features f̂ and back, μ + f̂ C⁺
+        edges["matmul"] += 2.0 * n * kn * (kn * dn + dn * d + d * k)
+        edges["elementwise"] += 3.0 * n * kn * k
+    return parts
+
+
+def totals(parts: Parts) -> dict[str, float]:
+    """FLOPs per stage: the parts of :func:`stage_flops` or :func:`baseline_flops` summed."""
+    return {stage: sum(p.values()) for stage, p in parts.items()}
