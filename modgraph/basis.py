@@ -164,19 +164,32 @@ def _fit_layer(
     C = _fix_signs(C)
     # C⁺ = Λ^{-1/2} Vᵀ D^{1/2} Uᵀ; recomputed from the sign-fixed C: C⁺ = Λ^{-1} Cᵀ G.
     C_pinv = (C.T @ (U * D) @ U.T) / lam[:, None] if lam.numel() else C.T.clone()
-    basis = InteractionBasis(
+    arrays = (C, C_pinv, lam, gram_eigenvalues, M_eig)
+    return _basis(name, moments, arrays, variant=variant, rtol=rtol), C
+
+
+def _basis(
+    name: str,
+    moments: Moments,
+    arrays: tuple[torch.Tensor, ...],
+    *,
+    variant: str,
+    rtol: float,
+) -> InteractionBasis:
+    """The frozen :class:`InteractionBasis` from ``(C, C⁺, Λ, eig G, eig M)`` as tensors."""
+    C, C_pinv, lam, gram_eigenvalues, M_eig = (readonly(a) for a in arrays)
+    return InteractionBasis(
         layer=name,
         mean=readonly(moments.mean),
-        C=readonly(C),
-        C_pinv=readonly(C_pinv),
-        eigenvalues=readonly(lam),
-        gram_eigenvalues=readonly(gram_eigenvalues),
-        jacobian_eigenvalues=readonly(M_eig),
+        C=C,
+        C_pinv=C_pinv,
+        eigenvalues=lam,
+        gram_eigenvalues=gram_eigenvalues,
+        jacobian_eigenvalues=M_eig,
         n_samples=moments.n,
         variant=variant,
         rtol=rtol,
     )
-    return basis, C
 
 
 def _fit_output(
@@ -193,19 +206,9 @@ def _fit_output(
         C = _fix_signs(U)
         lam = D
         C_pinv = C.T.clone()
-    basis = InteractionBasis(
-        layer=OUTPUT,
-        mean=readonly(moments.mean),
-        C=readonly(C),
-        C_pinv=readonly(C_pinv),
-        eigenvalues=readonly(lam),
-        gram_eigenvalues=readonly(gram_eigenvalues),
-        jacobian_eigenvalues=np.zeros(0),
-        n_samples=moments.n,
-        variant=variant,
-        rtol=rtol,
-    )
-    return basis, C
+    no_jacobian = cov.new_zeros(0)
+    arrays = (C, C_pinv, lam, gram_eigenvalues, no_jacobian)
+    return _basis(OUTPUT, moments, arrays, variant=variant, rtol=rtol), C
 
 
 def fit_bases(sess: Session, stats: Statistics, options: Options) -> dict[str, InteractionBasis]:
