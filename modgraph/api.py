@@ -65,12 +65,12 @@ def find_modules(
         ``γ`` of ``Q_deg``: larger gives more, smaller modules.
     n_modules : int, optional
         The coarsest partition into exactly this many modules, each holding at least
-        ``min_module_share`` of the total interaction strength (``resolution`` is then ignored;
-        see :func:`leiden_modules`).
+        ``min_module_share`` of the total interaction strength (the search finds the
+        resolution: passing ``resolution`` too raises; see :func:`leiden_modules`).
     min_module_share : float in [0, 1), optional
         With ``n_modules``: modules holding a smaller share of the total interaction strength
         are fragments, attached to the module they link to most (default ``0.1 / n_modules``;
-        0 counts every module).
+        0 counts every module). Without ``n_modules`` it raises instead of being ignored.
     epsilon : float, optional
         Interaction tolerance; default ``τ · tr Cov(output)``.
     tau : float

@@ -207,7 +207,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--n-modules",
         type=int,
         default=None,
-        help="the coarsest partition into this many modules (ignores --resolution)",
+        help="the coarsest partition into this many modules (not with --resolution)",
     )
     run.add_argument(
         "--min-module-share",

@@ -312,7 +312,7 @@ def leiden_modules(
         A networkx graph is read with edge attribute ``cost`` (else ``weight``, else 1) as
         the weights; its node ids are ``str(node)``.
     resolution : float > 0
-        ``γ`` of ``Q_deg`` (ignored when ``n_modules`` is set).
+        ``γ`` of ``Q_deg``; not with ``n_modules`` (a value other than 1 then raises).
     seed : int
         Seeds of the ``n_restarts`` runs are drawn from ``numpy.random.default_rng(seed)``.
     n_restarts : int >= 1
@@ -326,7 +326,7 @@ def leiden_modules(
     min_module_share : float in [0, 1), optional
         With ``n_modules``: the share ``K_m / 2W`` of the total cost strength below which a
         module is a fragment, not counted. Default ``0.1 / n_modules``: a tenth of an equal
-        share (5 % for two modules). 0 counts every module of two or more features. Ignored
+        share (5 % for two modules). 0 counts every module of two or more features. Raises
         without ``n_modules``.
 
     Returns

@@ -26,7 +26,7 @@ from ._validate import (
     check_progress,
     check_seed,
 )
-from .errors import ModgraphTypeError
+from .errors import ModgraphTypeError, ModgraphValueError
 
 __all__ = ["Options"]
 
@@ -113,6 +113,17 @@ class Options:
         share = self.min_module_share
         if share is not None:
             share = check_float(share, "min_module_share", where, low=0.0, high=1.0, low_open=False)
+        if n_modules is not None and resolution != 1.0:
+            raise ModgraphValueError(
+                f"The 'resolution' parameter of {where} cannot be combined with n_modules: the "
+                f"search finds the resolution that gives {n_modules} modules. Pass one of them."
+            )
+        if share is not None and n_modules is None:
+            raise ModgraphValueError(
+                f"The 'min_module_share' parameter of {where} applies only with n_modules (it "
+                "decides which modules count towards n_modules). Pass n_modules too, or leave "
+                "min_module_share out."
+            )
         return dataclasses.replace(
             self,
             batch_size=int(self.batch_size),

@@ -136,3 +136,13 @@ def test_errors_below_the_entry_name_the_caller():
 def test_dtype_is_checked_before_any_work():
     with pytest.raises(ModgraphTypeError, match="'dtype' parameter of find_modules"):
         find_modules(MODEL, X, dtype=torch.int64)
+
+
+def test_search_options_that_would_be_ignored_raise():
+    graph = interaction_graph(MODEL, X, progress=False)
+    with pytest.raises(ModgraphValueError, match="'resolution' parameter of leiden_modules"):
+        leiden_modules(graph, n_modules=2, resolution=0.5)
+    with pytest.raises(ModgraphValueError, match="'min_module_share' parameter of find_modules"):
+        find_modules(MODEL, X, min_module_share=0.05, progress=False)
+    with pytest.raises(ModgraphValueError, match="'resolution' parameter of find_modules"):
+        find_modules(MODEL, X, n_modules=2, resolution=2.0, progress=False)
