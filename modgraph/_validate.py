@@ -95,7 +95,48 @@ def check_model(model: Any, where: str) -> torch.nn.Module:
             f"The 'model' parameter of {where} must be a torch.nn.Module. "
             f"Got {type(model).__name__} instead."
         )
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModgraphTypeError(
+            f"The 'model' parameter of {where} is a TorchScript module "
+            f"({type(model).__name__}: scripted, traced or frozen). modgraph records node layers "
+            "with forward hooks, which TorchScript does not run. Pass the Python nn.Module the "
+            "script was made from (load its state_dict into the Python class)."
+        )
     return model
+
+
+def check_device(value: Any, where: str) -> torch.device | None:
+    """``None`` or a device torch knows and this machine has."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, int, torch.device)) or isinstance(value, bool):
+        raise ModgraphTypeError(
+            f"The 'device' parameter of {where} must be a torch.device, a str such as 'cpu' or "
+            f"'cuda:0', or None (the model's device). Got {_got(value)}."
+        )
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ModgraphValueError(
+            f"The 'device' parameter of {where} is not a device torch knows: {_got(value)} "
+            f"({exc}). Use e.g. 'cpu', 'cuda' or 'cuda:1'."
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModgraphValueError(
+                f"The 'device' parameter of {where} asks for {str(device)!r}, but CUDA is not "
+                "available here (torch.cuda.is_available() is False). Use device='cpu'."
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModgraphValueError(
+                f"The 'device' parameter of {where} asks for {str(device)!r}, but this machine "
+                f"has {torch.cuda.device_count()} CUDA device(s)."
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModgraphValueError(
+            f"The 'device' parameter of {where} asks for 'mps', which is not available here."
+        )
+    return device
 
 
 def check_progress(value: Any, where: str) -> bool | None:

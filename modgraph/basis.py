@@ -35,7 +35,7 @@ from .errors import ModgraphValueError
 from .jacobian import elementwise_jacobian_gram, global_jacobian_grams, local_jacobian_gram
 from .moments import Moments, Statistics, accumulate_statistics, count_kept, covariance_cut
 from .options import Options
-from .plan import OUTPUT, Section
+from .plan import Section
 
 __all__ = ["InteractionBasis", "interaction_basis"]
 
@@ -193,7 +193,7 @@ def _basis(
 
 
 def _fit_output(
-    moments: Moments, *, rtol: float, output_basis: str, variant: str
+    name: str, moments: Moments, *, rtol: float, output_basis: str, variant: str
 ) -> tuple[InteractionBasis, torch.Tensor]:
     """Basis of the output node layer: identity (default) or PCA of the output covariance."""
     cov = moments.cov
@@ -208,7 +208,7 @@ def _fit_output(
         C_pinv = C.T.clone()
     no_jacobian = cov.new_zeros(0)
     arrays = (C, C_pinv, lam, gram_eigenvalues, no_jacobian)
-    return _basis(OUTPUT, moments, arrays, variant=variant, rtol=rtol), C
+    return _basis(name, moments, arrays, variant=variant, rtol=rtol), C
 
 
 def fit_bases(sess: Session, stats: Statistics, options: Options) -> dict[str, InteractionBasis]:
@@ -223,9 +223,13 @@ def fit_bases(sess: Session, stats: Statistics, options: Options) -> dict[str, I
         gen = torch.Generator(device=sess.device)
         gen.manual_seed(seed)
     out_basis, C_next = _fit_output(
-        stats.moments[OUTPUT], rtol=rtol, output_basis=output_basis, variant=variant
+        plan.output,
+        stats.moments[plan.output],
+        rtol=rtol,
+        output_basis=output_basis,
+        variant=variant,
     )
-    bases = {OUTPUT: out_basis}
+    bases = {plan.output: out_basis}
     global_grams = None
     if variant == "global":
         global_grams = global_jacobian_grams(sess, n_sources=n_sources, gen=gen)

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import check_data, iter_batches, progress_bar
+from .data import check_data, data_rows, iter_batches, progress_bar
 from .errors import ModgraphTypeError, ModgraphValueError
 from .options import Options
-from .plan import OUTPUT, Plan, make_plan, select_tensor
+from .plan import Plan, make_plan, select_tensor
 
 __all__ = ["Session", "Tracer", "preserved", "session"]
 
@@ -71,10 +71,10 @@ def _compute_model(
     model_device = tensors[0].device if tensors else torch.device("cpu")
     want_dtype = dtype or model_dtype
     want_device = torch.device(device) if device is not None else model_device
-    mixed = any(t.dtype != want_dtype for t in floating) or any(
-        t.device != want_device for t in tensors
-    )
-    if not mixed:
+    # dtype=None runs the model in its own dtypes (a mixed-precision model stays mixed; inputs
+    # get the dtype of its first floating parameter): only the device may call for a copy
+    wrong_dtype = dtype is not None and any(t.dtype != want_dtype for t in floating)
+    if not wrong_dtype and not any(t.device != want_device for t in tensors):
         return model, want_dtype, want_device
     try:
         clone = copy.deepcopy(model)
@@ -84,7 +84,7 @@ def _compute_model(
             f"copy it ({type(exc).__name__}: {exc}). Convert the model yourself "
             f"(model.to({want_dtype})) or pass dtype=None."
         ) from exc
-    clone = clone.to(device=want_device, dtype=want_dtype)
+    clone = clone.to(device=want_device, dtype=want_dtype if dtype is not None else None)
     clone.eval()
     for p in clone.parameters():
         p.requires_grad_(False)
@@ -112,6 +112,7 @@ class Tracer:
         self._substitute: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         self._replace_output: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         self.originals: dict[str, torch.Tensor] = {}
+        self.original_values: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, torch.Tensor] = {}
         self._stop: str | None = None
         self._detach = True
@@ -155,10 +156,14 @@ class Tracer:
             replace = self._substitute.get(name)
             if replace is not None:
                 self.originals[name] = a
+                self.original_values[name] = a.detach().clone()
                 a = replace(a)
-                result = ((a, *args[1:]), kwargs)
+                # the module gets a copy: an in-place op in it (ReLU(inplace=True)) must not
+                # change the tensor that gradients are taken with respect to
+                result = ((a.clone(), *args[1:]), kwargs)
             if name in self._record:
-                self._store[name] = a.detach() if self._detach else a
+                # a copy, not the live tensor, which forward may still change in place
+                self._store[name] = a.detach().clone() if self._detach else a
             if name == self._stop:
                 raise _StopForward
             return result
@@ -179,22 +184,25 @@ class Tracer:
 
         ``substitute[name](a)`` replaces the input of node layer ``name`` for its module only (other
         uses of the same tensor in ``forward``, such as a residual branch, still see ``a``); the
-        replaced inputs are kept in :attr:`originals` until the next run. ``replace_output[name]``
-        likewise replaces the *output* of a node module (kept in :attr:`outputs`).
+        replaced inputs are kept in :attr:`originals` (the live tensors, for gradients) and
+        :attr:`original_values` (copies) until the next run. ``replace_output[name]`` likewise
+        replaces the *output* of a node module (kept in :attr:`outputs`). Recorded activations
+        are copies, and the model runs on a copy of ``x``, so a forward that changes a tensor in
+        place changes neither the statistics nor the caller's data.
         """
         self._record = frozenset(record)
         self._substitute = dict(substitute or {})
         self._replace_output = dict(replace_output or {})
         self._stop, self._detach, self._store = stop, detach, {}
-        self.originals, self.outputs = {}, {}
+        self.originals, self.original_values, self.outputs = {}, {}, {}
         try:
-            raw = self.model(x)
+            raw = self.model(x.clone())  # forward may change its input in place: not the data
         except _StopForward:
             pass
         else:
-            if OUTPUT in self._record:
+            if self.plan.output in self._record:
                 out = select_tensor(raw, self.plan.select_output)
-                self._store[OUTPUT] = out.detach() if detach else out
+                self._store[self.plan.output] = out.detach() if detach else out
         finally:
             self._substitute, self._replace_output = {}, {}
             self._stop = None
@@ -220,18 +228,37 @@ class Session:
     dtype: torch.dtype
     progress: bool | None
 
+    rows: int | None = None
+    """Rows of a whole pass: known from the data's size, or counted on the first full pass."""
+
     def batches(self, desc: str, batch_size: int | None = None) -> Iterator[torch.Tensor]:
-        """Stream the data once (a fresh pass), with a progress bar when enabled."""
+        """Stream the data once (a fresh pass), with a progress bar when enabled.
+
+        Every pass must yield the same rows: a pass that yields a different number than the
+        first raises (a one-shot or shrinking source would bias every sum silently)."""
         size = batch_size or self.batch_size
         stream = iter_batches(self.data, size, device=self.device, dtype=self.dtype)
-        for index, x in enumerate(progress_bar(stream, enabled=self.progress, desc=desc)):
+        count = 0
+        for index, x in enumerate(
+            progress_bar(stream, enabled=self.progress, desc=desc, rows=self.rows)
+        ):
             if tuple(x.shape[1:]) != self.plan.input_shape:
                 raise ModgraphValueError(
                     f"data has inputs of shape {tuple(x.shape)} in batch {index}, but "
                     f"(batch, {', '.join(map(str, self.plan.input_shape))}) in the first batch: "
                     "all batches must have the same input shape."
                 )
+            count += int(x.shape[0])
             yield x
+        if self.rows is None:
+            self.rows = count
+        elif count != self.rows:
+            raise ModgraphValueError(
+                f"data yielded {count} rows in this pass ({desc}) but {self.rows} in the first: "
+                "modgraph streams the data several times, and every pass must yield the same "
+                "data. Pass a Tensor, a Dataset, or a re-iterable that restarts from the "
+                "beginning each time."
+            )
 
 
 @contextlib.contextmanager
@@ -242,7 +269,23 @@ def session(
     happens inside. Errors about the data or the layers name ``options.caller``."""
     where = options.caller
     check_data(data, where)
-    with preserved(model):
+    # The analysis sets the autograd modes it needs, whatever the caller's context (inference
+    # mode, anomaly detection, no_grad); the context managers restore the caller's on exit.
+    inference = [
+        n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_inference()
+    ]
+    if inference:
+        raise ModgraphValueError(
+            f"The model's tensors {inference[:3]} were made under torch.inference_mode(): "
+            "autograd cannot differentiate through inference tensors. Create or load the model "
+            "outside inference mode (calling modgraph inside inference mode is fine)."
+        )
+    with (
+        preserved(model),  # outermost: restores the model in the caller's own modes
+        torch.inference_mode(False),
+        torch.autograd.set_detect_anomaly(False),
+        torch.no_grad(),
+    ):
         run_model, run_dtype, run_device = _compute_model(model, options.dtype, options.device)
         batches = iter_batches(data, options.batch_size, device=run_device, dtype=run_dtype)
         first = next(iter(batches), None)
@@ -261,4 +304,5 @@ def session(
                 device=run_device,
                 dtype=run_dtype,
                 progress=options.progress,
+                rows=data_rows(data),
             )

@@ -38,7 +38,7 @@ from .jacobian import (
     section_vjp,
 )
 from .options import Options
-from .plan import OUTPUT, Section
+from .plan import Section
 
 __all__ = ["default_epsilon", "interaction_graph", "quadrature"]
 
@@ -58,7 +58,8 @@ def quadrature(n_alpha: int) -> tuple[np.ndarray, np.ndarray]:
 
 def default_epsilon(bases: Mapping[str, InteractionBasis], tau: float) -> float:
     """``ε = τ · tr Cov(output)``: interactions below a fraction τ of output variance are free."""
-    return float(tau * bases[OUTPUT].gram_eigenvalues.sum())
+    output = list(bases.values())[-1]  # the model output is the last node layer
+    return float(tau * output.gram_eigenvalues.sum())
 
 
 class _LayerTensors:
@@ -219,10 +220,10 @@ def _check_bases(bases: Any, where: str) -> list[str]:
             f"Got {type(bases).__name__}."
         )
     names = list(bases)
-    if names[-1] != OUTPUT or not all(isinstance(b, InteractionBasis) for b in bases.values()):
+    if not all(isinstance(b, InteractionBasis) for b in bases.values()):
         raise ModgraphValueError(
             f"The 'bases' parameter of {where} must be the dict returned by interaction_basis "
-            f"(InteractionBasis values, 'output' last). Got keys {names}."
+            f"(InteractionBasis values, the model output last). Got keys {names}."
         )
     return names
 
@@ -263,6 +264,12 @@ def measure_graph(
         if bases is None:
             bases = fit_bases(sess, measure_statistics(sess, options), options)
         else:
+            if list(bases) != list(sess.plan.names):
+                raise ModgraphValueError(
+                    f"The 'bases' parameter of {options.caller} has layers {list(bases)}, but "
+                    f"the model's node layers are {list(sess.plan.names)} (the model output "
+                    "last); compute bases on this model with interaction_basis."
+                )
             for name, b in bases.items():
                 if b.d != sess.plan.dims[name]:
                     raise ModgraphValueError(

@@ -20,13 +20,14 @@ What a Linear, an identity and an elementwise module are is defined once, in
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from .capture import Session
-from .plan import IDENTITY, OUTPUT, Section, is_plain_linear
+from .plan import IDENTITY, Section, is_plain_linear
 
 __all__ = [
     "chunk_rows",
@@ -39,6 +40,7 @@ __all__ = [
     "local_jacobian_gram",
     "narrowing_linear",
     "section_vjp",
+    "warn_no_gradient",
 ]
 
 #: Elements of the largest temporary (VJP results, per-sample products) built at once.
@@ -112,7 +114,14 @@ def cotangents(
 
 
 def _leaf(a: torch.Tensor) -> torch.Tensor:
-    return a.detach().requires_grad_(True)
+    """A new autograd leaf holding a copy of ``a`` (never its storage: forward may change ``a``
+    in place, and ``a`` may be an inference tensor of the caller's)."""
+    return a.detach().clone().requires_grad_(True)
+
+
+def _connected(a: torch.Tensor) -> torch.Tensor:
+    """``a`` itself when it is part of the autograd graph, else a new leaf with its values."""
+    return a if a.requires_grad else _leaf(a)
 
 
 def chunk_rows(n_vectors: int, width: int, batch_size: int) -> int:
@@ -158,7 +167,7 @@ def section_vjp(
         return a.detach() if at_output else _leaf(a)
 
     if x.is_floating_point():  # the whole forward in the graph: bypass paths from x count too
-        x = _leaf(x)
+        x = _leaf(x)  # (the Tracer hands the model a copy, so forward may change it in place)
         substitute = {src: moved}
     else:  # integer inputs (token ids): the graph starts at the first node layer
         substitute = {src: moved} if src == first else {first: _leaf, src: moved}
@@ -167,14 +176,15 @@ def section_vjp(
             x,
             record=(src, dst),
             substitute=substitute,
-            stop=None if dst == OUTPUT else dst,
+            stop=None if dst == sess.plan.output else dst,
             detach=False,
             replace_output={src: _leaf} if at_output else None,
         )
         original = sess.tracer.originals[src]
+        value = sess.tracer.original_values[src]
         target = store[dst]
         if not target.requires_grad:
-            return original.detach(), None, None
+            return value, None, None
         start = sess.tracer.outputs[src] if at_output else store[src]
         inputs = [start] + ([original] if original.requires_grad else [])
         grads = torch.autograd.grad(
@@ -185,10 +195,10 @@ def section_vjp(
             allow_unused=True,
         )
     if at_output:
-        return original.detach(), grads[1] if len(grads) > 1 else None, grads[0]
+        return value, grads[1] if len(grads) > 1 else None, grads[0]
     present = [g for g in grads if g is not None]
     total = None if not present else present[0] if len(present) == 1 else sum(present)
-    return original.detach(), total, None
+    return value, total, None
 
 
 def local_jacobian_gram(
@@ -219,6 +229,7 @@ def local_jacobian_gram(
     gram_z = None if W is None else W.new_zeros((W.shape[0], W.shape[0]))
     rows = chunk_rows(n_vec, max(d, d_next), sess.batch_size)
     n = 0
+    arrived = False
     for x in sess.batches(f"jacobian {section.source}", rows):
         a, g_a, g_z = section_vjp(
             sess,
@@ -228,6 +239,7 @@ def local_jacobian_gram(
             at_output=W is not None,
         )
         n += a.shape[0]
+        arrived |= g_a is not None or g_z is not None
         if g_z is not None and g_a is None:
             assert gram_z is not None
             gz = g_z.reshape(-1, g_z.shape[-1]).to(torch.float64)
@@ -245,7 +257,22 @@ def local_jacobian_gram(
     if W is not None and gram_z is not None:
         folded = W if project is None else W @ project
         gram += folded.T @ gram_z @ folded
+    if not arrived:
+        warn_no_gradient([section.source], section.target)
     return gram / n
+
+
+def warn_no_gradient(layers: list[str], target: str) -> None:
+    """Say that no gradient reached ``layers`` from ``target``: the analysis sees no dependence,
+    so their features are dropped. Usually forward cuts the autograd graph."""
+    warnings.warn(
+        f"no gradient reached node layer(s) {layers} from {target!r} in any batch, so they "
+        "get no features. Either they do not influence it, or forward cuts the autograd graph "
+        "between them (.detach(), torch.no_grad(), .data, numpy round trips): remove the cut "
+        "for the analysis.",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def global_jacobian_grams(
@@ -253,7 +280,7 @@ def global_jacobian_grams(
 ) -> dict[str, torch.Tensor]:
     """``M'_l = E[J_lᵀ J_l]`` with ``J_l = ∂out/∂a_l`` for every node layer, in one pass."""
     names = sess.plan.names[:-1]
-    d_out = sess.plan.dims[OUTPUT]
+    d_out = sess.plan.dims[sess.plan.output]
     grams = {
         n: torch.zeros((sess.plan.dims[n],) * 2, dtype=torch.float64, device=sess.device)
         for n in names
@@ -262,16 +289,18 @@ def global_jacobian_grams(
     rows = chunk_rows(n_vec, max(sess.plan.dims.values()), sess.batch_size)
     eye = torch.eye(d_out, dtype=torch.float64, device=sess.device)
     count = 0
+    arrived: set[str] = set()
     for x in sess.batches("jacobian (global)", rows):
         with torch.enable_grad():
-            floating = x.is_floating_point()
+            # a node layer whose input carries no graph (integer inputs before it, or a forward
+            # that detaches) starts its own: its gradient to the output still counts
             store = sess.tracer.run(
-                _leaf(x) if floating else x,
+                _leaf(x) if x.is_floating_point() else x,
                 record=sess.plan.names,
-                substitute=None if floating else {names[0]: _leaf},
+                substitute=dict.fromkeys(names, _connected),
                 detach=False,
             )
-            out = store[OUTPUT]
+            out = store[sess.plan.output]
             used = [n for n in names if store[n].requires_grad]
             cot = cotangents(eye, out.shape[0], n_sources, gen).to(out.dtype)
             if out.requires_grad and used:
@@ -287,8 +316,12 @@ def global_jacobian_grams(
         count += out.shape[0]
         for n, g in zip(used, grads):
             if g is not None:
+                arrived.add(n)
                 g = g.reshape(-1, sess.plan.dims[n]).to(torch.float64)
                 grams[n] += g.T @ g
+    lost = [n for n in names if n not in arrived]
+    if lost:
+        warn_no_gradient(lost, sess.plan.output)
     return {n: g / count for n, g in grams.items()}
 
 

@@ -64,6 +64,17 @@ class Moments:
         return float(torch.trace(self.outer) + 2 * shift @ self.total + self.n * shift @ shift)
 
     @property
+    def noise_floor(self) -> float:
+        """The variance below which a covariance direction is rounding, not data:
+        ``64 ε tr G`` (the rounding of the centred sums) plus ``(64 ε ‖μ‖)²`` (the rounding of
+        activations of size ``‖μ‖`` themselves). Unlike the uncentred ``E‖a‖²`` it is (up to
+        that last term) invariant to a translation of the activations: a unit with a large
+        mean keeps its variance."""
+        trace = float(torch.trace(self.cov).clamp_min(0.0))
+        mean_norm = float(torch.linalg.vector_norm(self.mean))
+        return 64 * EPS64 * trace + (64 * EPS64 * mean_norm) ** 2
+
+    @property
     def mean(self) -> torch.Tensor:
         return self.shift + self.total / self.n
 
@@ -116,7 +127,15 @@ def add_layer_moments(
         _check_finite(name, a, batch)
         if name not in moments:
             moments[name] = Moments.start(a)
-        moments[name].add(a)
+        m = moments[name]
+        m.add(a)
+        if not bool(torch.isfinite(m.outer).all()):
+            top = float(a.detach().abs().max())
+            raise ModgraphValueError(
+                f"node layer {name!r} has activations up to {top:.3g} in batch {batch}; the "
+                "float64 sums of their squares overflow (above about 1e154). Rescale the inputs "
+                "(or the model) to a moderate range."
+            )
 
 
 def accumulate_statistics(
@@ -157,11 +176,12 @@ def covariance_cut(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eigen-decompose the covariance; return (all eigenvalues, kept U (d, r), kept D (r,)).
 
-    An eigenvalue is kept when it exceeds ``rtol × largest`` and the rounding level of the
-    uncentred second moment (``64 · eps · E‖a‖²``), so constant layers come out with ``r = 0``.
+    An eigenvalue is kept when it exceeds ``rtol × largest`` and the rounding level
+    :attr:`Moments.noise_floor`, so constant layers come out with ``r = 0`` and a translation
+    of the activations changes nothing.
     """
     D, U = eigh_desc(moments.cov)
-    floor = 64 * EPS64 * moments.square_norm / max(moments.n, 1)
+    floor = moments.noise_floor
     top = float(D[0]) if D.numel() else 0.0
     keep = (D > rtol * top) & (D > floor) if top > 0 else torch.zeros_like(D, dtype=torch.bool)
     return D, U[:, keep], D[keep]

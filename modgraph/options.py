@@ -20,6 +20,7 @@ import torch
 
 from ._validate import (
     check_choice,
+    check_device,
     check_dtype,
     check_float,
     check_int,
@@ -86,6 +87,7 @@ class Options:
         """
         check_int(self.batch_size, "batch_size", where, minimum=1)
         check_dtype(self.dtype, where)
+        device = check_device(self.device, where)
         if self.output is not None and not callable(self.output):
             raise ModgraphTypeError(
                 f"The 'output' parameter of {where} must be a callable that maps the model's "
@@ -127,6 +129,7 @@ class Options:
         return dataclasses.replace(
             self,
             batch_size=int(self.batch_size),
+            device=device,
             rtol=rtol,
             n_random_sources=None if self.n_random_sources is None else int(self.n_random_sources),
             seed=seed,

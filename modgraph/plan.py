@@ -19,7 +19,8 @@ This module is the one place that says what a section *is*:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,13 +37,15 @@ __all__ = [
     "Section",
     "is_plain_linear",
     "make_plan",
+    "output_name",
     "select_tensor",
 ]
 
 logger = logging.getLogger("modgraph")
 
 OUTPUT = "output"
-"""Name of the last node layer: the model output."""
+"""Name of the last node layer, the model output (``"<output>"`` when a submodule is named
+``"output"``: see :func:`output_name` and :attr:`Plan.output`)."""
 
 #: Modules that are the identity in eval mode (exact types).
 IDENTITY: tuple[type[nn.Module], ...] = (nn.Identity, nn.Dropout)
@@ -89,7 +92,8 @@ class Section:
 
 @dataclass(frozen=True)
 class Plan:
-    """Node layers in execution order (``names[-1] == "output"``) and the sections between them."""
+    """Node layers in execution order (the model output last, :attr:`output`) and the sections
+    between them."""
 
     names: tuple[str, ...]
     modules: dict[str, nn.Module]
@@ -97,6 +101,12 @@ class Plan:
     sections: tuple[Section, ...]
     select_output: Callable[[Any], torch.Tensor] | None
     input_shape: tuple[int, ...] = ()
+
+    @property
+    def output(self) -> str:
+        """Name of the model-output node layer (``"output"`` unless a submodule has that name;
+        see :func:`output_name`)."""
+        return self.names[-1]
 
 
 def select_tensor(output: Any, select_output: Callable[[Any], torch.Tensor] | None) -> torch.Tensor:
@@ -111,14 +121,117 @@ def select_tensor(output: Any, select_output: Callable[[Any], torch.Tensor] | No
     return output
 
 
-def _check_2d(t: torch.Tensor, name: str) -> None:
-    if t.ndim != 2:
-        what = "the model output" if name == OUTPUT else f"the input of node layer {name!r}"
+def _check_2d(t: torch.Tensor, name: str | None) -> None:
+    """Activations must be ``(batch, features)``; ``name=None`` is the model output."""
+    if t.ndim == 2:
+        return
+    what = "the model output" if name is None else f"the input of node layer {name!r}"
+    if name is None and t.ndim == 1:
         raise ModgraphValueError(
-            f"{what} has shape {tuple(t.shape)}; modgraph needs (batch, features). Sequence "
-            "models (batch, positions, features) are not supported yet: flatten positions into "
-            "the batch in a wrapper module, or choose layers whose inputs are 2-d."
+            f"{what} has shape {tuple(t.shape)}, one value per sample; modgraph needs (batch, "
+            "features). Pass output=lambda o: o[:, None] to analyse it as one feature."
         )
+    raise ModgraphValueError(
+        f"{what} has shape {tuple(t.shape)}; modgraph needs (batch, features). Sequence "
+        "models (batch, positions, features) are not supported yet: flatten positions into "
+        "the batch in a wrapper module, or choose layers whose inputs are 2-d."
+    )
+
+
+def output_name(named: Iterable[str]) -> str:
+    """The name of the model-output node layer: ``"output"``, unless a submodule has that name
+    (a module name always means that module's input); then ``"<output>"`` (or the first of
+    ``"<output>_1"``, ... that no submodule has)."""
+    taken = set(named)
+    if OUTPUT not in taken:
+        return OUTPUT
+    candidates = ("<output>", *(f"<output>_{i}" for i in range(1, len(taken) + 2)))
+    return next(c for c in candidates if c not in taken)
+
+
+def _requested_layers(layers: Any, named: dict[str, nn.Module], out: str, where: str) -> list[str]:
+    """The node layers the user named (the output excluded), checked against the model."""
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+        raise ModgraphTypeError(
+            f"The 'layers' parameter of {where} must be a list of module names or None. "
+            f"Got {type(layers).__name__}."
+        )
+    if isinstance(layers, (Set, Mapping)):
+        raise ModgraphTypeError(
+            f"The 'layers' parameter of {where} must be an ordered list of module names, not a "
+            f"{type(layers).__name__} (its order would depend on hashing). Pass a list."
+        )
+    requested = list(layers)
+    for name in requested:
+        if not isinstance(name, str):
+            raise ModgraphTypeError(
+                f"layers must hold module names (str); got {name!r} of type {type(name).__name__}."
+            )
+    if out in requested:
+        if requested[-1] != out or requested.count(out) > 1:
+            raise ModgraphValueError(
+                f"{out!r} names the model output and must come last (once) in layers; "
+                f"got {requested}."
+            )
+        requested = requested[:-1]
+    dupes = sorted({n for n in requested if requested.count(n) > 1})
+    if dupes:
+        raise ModgraphValueError(f"layers names {dupes} more than once; name each layer once.")
+    unknown = [n for n in requested if n not in named]
+    if unknown:
+        raise ModgraphValueError(
+            f"layer {unknown[0]!r} not found in the model; available: {sorted(named)}. "
+            "Pass names from model.named_modules()."
+        )
+    return requested
+
+
+def _default_layers(
+    named: dict[str, nn.Module], calls: dict[str, int], inputs: dict[str, torch.Tensor | None]
+) -> list[str]:
+    # named: every submodule; the default node layers are chosen among its nn.Linear
+    """The default node layers: the input of every plain ``nn.Linear`` that runs exactly once
+    with a Tensor input; the Linears left out, and the weight layers modgraph cannot analyse
+    yet, are logged."""
+    chosen, skipped = [], []
+    for name, module in named.items():
+        if not isinstance(module, nn.Linear):
+            continue
+        count = calls.get(name, 0)
+        if count == 1 and isinstance(inputs.get(name), torch.Tensor):
+            chosen.append(name)
+        elif count == 0:
+            skipped.append(
+                f"{name} (never runs as a module: unused, or its weights are used "
+                "functionally, as by nn.MultiheadAttention)"
+            )
+        elif count > 1:
+            skipped.append(f"{name} (runs more than once, {count} times: shared weights or a loop)")
+        else:
+            skipped.append(f"{name} (its first input is not a Tensor)")
+    if skipped:
+        logger.info("default node layers leave out: %s", "; ".join(skipped))
+    other = sorted(
+        name
+        for name, m in named.items()
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Embedding, nn.MultiheadAttention))
+    )
+    if other:
+        shown = ", ".join(other[:8]) + (f" and {len(other) - 8} more" if len(other) > 8 else "")
+        warnings.warn(
+            f"modgraph analyses the inputs of nn.Linear modules by default; {len(other)} "
+            f"convolution, embedding or attention module(s) are not node layers and are not "
+            f"analysed (not supported yet): {shown}.",
+            UserWarning,
+            stacklevel=2,
+        )
+    if not chosen:
+        why = f" ({'; '.join(skipped)})" if skipped else ""
+        raise ModgraphValueError(
+            "The model has no nn.Linear submodule that runs exactly once, so there is no "
+            f"default node layer{why}. Pass layers=[...] with names from model.named_modules()."
+        )
+    return chosen
 
 
 def make_plan(
@@ -131,38 +244,18 @@ def make_plan(
     """Run one probe forward pass to fix node layers, their order, widths and section kinds."""
     named = dict(model.named_modules())
     del named[""]
-    if layers is not None:
-        if isinstance(layers, str) or not isinstance(layers, Iterable):
-            raise ModgraphTypeError(
-                f"The 'layers' parameter of {where} must be a list of module names or None. "
-                f"Got {type(layers).__name__}."
-            )
-        requested = list(layers)
-        for name in requested:
-            if not isinstance(name, str):
-                raise ModgraphTypeError(
-                    f"layers must hold module names (str); got {name!r} of type "
-                    f"{type(name).__name__}."
-                )
-        if OUTPUT in requested:
-            if requested[-1] != OUTPUT or requested.count(OUTPUT) > 1:
-                raise ModgraphValueError(
-                    f"{OUTPUT!r} names the model output and must come last (once) in layers; "
-                    f"got {requested}."
-                )
-            requested = requested[:-1]
-        dupes = sorted({n for n in requested if requested.count(n) > 1})
-        if dupes:
-            raise ModgraphValueError(f"layers names {dupes} more than once; name each layer once.")
-        unknown = [n for n in requested if n not in named]
-        if unknown:
-            raise ModgraphValueError(
-                f"layer {unknown[0]!r} not found in the model; available: {sorted(named)}. "
-                "Pass names from model.named_modules()."
-            )
+    out_name = output_name(named)
+    if out_name != OUTPUT:
+        logger.warning(
+            "the model has a submodule named %r, so that name means its input; the model "
+            "output is the node layer %r",
+            OUTPUT,
+            out_name,
+        )
+    requested = None if layers is None else _requested_layers(layers, named, out_name, where)
+    if requested is not None:
         watch = {n: named[n] for n in requested}
     else:
-        requested = None
         watch = {n: m for n, m in named.items() if isinstance(m, nn.Linear)}
         if not watch:
             raise ModgraphValueError(
@@ -172,7 +265,8 @@ def make_plan(
 
     # Record every module call: order, the identity/version of its first input and its output.
     calls: list[tuple[str, int, int, int, int]] = []  # name, in id, in version, out id, out version
-    pre_inputs: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    pre_inputs: dict[str, torch.Tensor | None] = {}
     keep: list[Any] = []  # keep tensors alive so ids are not reused during the probe
     pending: dict[int, tuple[int, int]] = {}
     handles = []
@@ -180,18 +274,19 @@ def make_plan(
     def pre_hook(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             a = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            counts[name] = counts.get(name, 0) + 1
             if name in watch:
-                if a is None:
+                if requested is not None and a is None:
                     raise ModgraphValueError(
                         f"node layer {name!r} receives no Tensor as its first positional input, "
                         "so it has no activation to analyse; choose another module."
                     )
-                if name in pre_inputs:
+                if requested is not None and name in pre_inputs:
                     raise ModgraphValueError(
                         f"module {name!r} runs more than once in forward (shared weights or a "
                         "loop); a node layer must run exactly once. Choose another module."
                     )
-                pre_inputs[name] = a
+                pre_inputs.setdefault(name, a)
             keep.append(a)
             pending[id(module)] = (id(a), a._version) if a is not None else (0, -1)
 
@@ -214,28 +309,37 @@ def make_plan(
             handles.append(module.register_forward_hook(post_hook(name)))
         with torch.no_grad():
             try:
-                raw = model(probe)
+                raw = model(probe.clone())  # forward may change its input in place
             except ModgraphValueError:
                 raise
             except Exception as exc:
+                hint = (
+                    " If data holds single samples rather than batches, stack them first "
+                    "(torch.stack(samples))."
+                    if probe.ndim == 1
+                    else ""
+                )
                 raise ModgraphValueError(
                     f"The model could not run on the first batch of data (shape "
                     f"{tuple(probe.shape)}, dtype {probe.dtype}): {type(exc).__name__}: {exc}. "
                     "Check that data yields inputs the model accepts (float inputs for a float "
-                    "model: convert with x.float())."
+                    f"model: convert with x.float()).{hint}"
                 ) from exc
         out = select_tensor(raw, select_output)
-        _check_2d(out, OUTPUT)
+        _check_2d(out, None)
     finally:
         for h in handles:
             h.remove()
 
+    if requested is None:
+        watch = {n: watch[n] for n in _default_layers(named, counts, pre_inputs)}
     missing = [n for n in watch if n not in pre_inputs]
     if missing:
         raise ModgraphValueError(
             f"layer {missing[0]!r} never runs in the model's forward, so it has no activation. "
             "Choose modules that forward actually calls."
         )
+    inputs = {n: pre_inputs[n] for n in watch}
     order = {n: i for i, n in enumerate(pre_inputs)}
     if requested is None:
         names = sorted(watch, key=order.__getitem__)
@@ -248,16 +352,18 @@ def make_plan(
                 f"got {requested}."
             )
     for n in names:
-        _check_2d(pre_inputs[n], n)
-    dims = {n: int(pre_inputs[n].shape[-1]) for n in names}
-    dims[OUTPUT] = int(out.shape[-1])
+        a = inputs[n]
+        assert a is not None
+        _check_2d(a, n)
+    dims = {n: int(inputs[n].shape[-1]) for n in names}  # type: ignore[union-attr]
+    dims[out_name] = int(out.shape[-1])
 
     # Elementwise sections: the target's input is exactly σ(Linear(source)).
     by_name = {c[0]: c for c in calls}
-    target_tensor = {n: pre_inputs[n] for n in names}
-    target_tensor[OUTPUT] = out
+    target_tensor: dict[str, Any] = {n: inputs[n] for n in names}
+    target_tensor[out_name] = out
     sections = []
-    all_names = (*names, OUTPUT)
+    all_names = (*names, out_name)
     for src, dst in zip(all_names[:-1], all_names[1:]):
         linear = named[src]
         section = Section(src, dst)

@@ -18,7 +18,7 @@ from ..capture import Session, session
 from ..jacobian import global_jacobian_grams
 from ..moments import Moments, count_kept, covariance_cut
 from ..options import Options
-from ..plan import IDENTITY, OUTPUT, Section, is_plain_linear
+from ..plan import IDENTITY, Section, is_plain_linear
 from .counts import (
     Cut,
     Span,
@@ -69,7 +69,7 @@ def _reader(module: nn.Module) -> tuple[str | None, int | None, str]:
 
 def _next_weights(ctx: _Context, dst: str) -> tuple[nn.Linear | None, str]:
     """The Linear that reads ``dst`` and can absorb a change of its input, or why there is none."""
-    if dst == OUTPUT:
+    if dst == ctx.sess.plan.output:
         return None, "these units are the model output (no weights read them)"
     module = ctx.sess.plan.modules[dst]
     if not is_plain_linear(module):
@@ -168,7 +168,7 @@ def _unit_set(ctx: _Context, p: UnitSetPlan) -> UnitSetDegeneracy:
     reader_width = reader.out_features if is_plain_linear(reader) else 0  # type: ignore[union-attr]
     dead_outgoing = int(constant.sum()) * int(reader_width)
 
-    exclusive = s.target == OUTPUT or ctx.exclusive.get(s.target, False)
+    exclusive = s.target == ctx.sess.plan.output or ctx.exclusive.get(s.target, False)
     free_dead = int(inert.sum()) * span.s if exclusive else 0
     free_groups = free_linear = 0
     restricted = True
@@ -244,7 +244,7 @@ def _layer_entry(ctx: _Context, name: str, writer: Section | None) -> LayerDegen
     d = plan.dims[name]
     gram_eigenvalues, _, kept = ctx.cuts[name]
     r_G = int(kept.numel())
-    if name == OUTPUT:
+    if name == plan.output:
         reader, reader_width = None, None
         note = "the model output: not followed by a weight-bearing module"
         free1 = 0
@@ -270,7 +270,7 @@ def _layer_entry(ctx: _Context, name: str, writer: Section | None) -> LayerDegen
         else:
             # Through an elementwise σ only the units the output ignores (M'_ii = 0) are free:
             # a kernel direction of M' mixing several units is bent by σ'(z).
-            diag = np.diag(ctx.grams[name]) if name != OUTPUT else np.ones(d)
+            diag = np.diag(ctx.grams[name]) if name != plan.output else np.ones(d)
             top = float(jacobian[0]) if jacobian.size else 0.0
             silent = int(np.sum(diag <= ctx.rtol * top)) if top > 0 else d
             free2 = silent * s_w
@@ -380,7 +380,7 @@ def degeneracy_report(
             name: g.detach().cpu().numpy()
             for name, g in global_jacobian_grams(sess, n_sources=None, gen=None).items()
         }
-        n = moments[OUTPUT].n
+        n = moments[plan.output].n
         tol_points = hamming if isinstance(hamming, int) else math.floor(hamming * n)
         cuts = {name: covariance_cut(moments[name], rtol) for name in plan.names}
         spans = {}
@@ -394,7 +394,7 @@ def degeneracy_report(
         for p in sets:
             measured = p.status == "linear" or (p.firing is not None and p.firing.matched)
             target = p.section.target
-            if measured and target != OUTPUT and target not in ctx.exclusive:
+            if measured and target != plan.output and target not in ctx.exclusive:
                 assert p.linear is not None
                 ctx.exclusive[target] = consumed_only_by(sess, p.linear, target, probe)
         unit_sets = tuple(_unit_set(ctx, p) for p in sets)

@@ -18,7 +18,7 @@ from .._arrays import EPS64
 from ..capture import Session
 from ..data import iter_batches
 from ..moments import Moments, add_layer_moments
-from ..plan import IDENTITY, OUTPUT, Section, is_plain_linear
+from ..plan import IDENTITY, Section, is_plain_linear
 
 __all__ = [
     "Firing",
@@ -133,7 +133,7 @@ def plan_unit_sets(sess: Session) -> list[UnitSetPlan]:
         assert isinstance(src_module, nn.Linear)
         act = s.activation
         if s.elementwise and (act is None or type(act) in IDENTITY):
-            if s.target == OUTPUT:
+            if s.target == plan.output:
                 continue  # the final readout: its units are the model outputs
             out.append(UnitSetPlan(s, src_module, "linear", "linear"))
             continue
@@ -188,8 +188,9 @@ def consumed_only_by(sess: Session, linear: nn.Linear, dst: str, probe: torch.Te
     output or the activations made from it.
     """
     with torch.no_grad():
-        ref = sess.tracer.run(probe, record=(dst, OUTPUT))
-        kept, out0 = ref[dst], ref[OUTPUT]
+        out = sess.plan.output
+        ref = sess.tracer.run(probe, record=(dst, out))
+        kept, out0 = ref[dst], ref[out]
         gen = torch.Generator().manual_seed(0)
 
         def perturb(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
@@ -199,10 +200,10 @@ def consumed_only_by(sess: Session, linear: nn.Linear, dst: str, probe: torch.Te
 
         handle = linear.register_forward_hook(perturb)
         try:
-            moved = sess.tracer.run(probe, record=(OUTPUT,), substitute={dst: lambda a: kept})
+            moved = sess.tracer.run(probe, record=(out,), substitute={dst: lambda a: kept})
         finally:
             handle.remove()
-        out1 = moved[OUTPUT]
+        out1 = moved[out]
     eps = torch.finfo(out0.dtype).eps if out0.is_floating_point() else EPS64
     tol = 1e3 * eps * (float(out0.abs().max()) + 1e-30)
     return bool(out1.shape == out0.shape and float((out1 - out0).abs().max()) <= tol)
