@@ -32,7 +32,12 @@ MAGIC = {".png": b"\x89PNG", ".pdf": b"%PDF"}
 
 # ---------------------------------------------------------------------------- inputs
 def planted_graph(
-    sizes: list[int], n_blocks: int, n_isolated: int, *, seed: int = 0
+    sizes: list[int],
+    n_blocks: int,
+    n_isolated: int,
+    *,
+    seed: int = 0,
+    layers: list[str] | None = None,
 ) -> InteractionGraph:
     """Adjacent layers joined block-diagonally (strong inside a block, none across); the last
     ``n_isolated`` features of every layer have no interactions at all."""
@@ -45,7 +50,8 @@ def planted_graph(
     for a, b in zip(labels[:-1], labels[1:]):
         same = (b[:, None] == a[None, :]) & (a[None, :] >= 0)
         edges.append(np.where(same, rng.uniform(0.5, 5.0, same.shape), 0.0))
-    layers = [f"L{i}" for i in range(len(sizes) - 1)] + ["output"]
+    if layers is None:
+        layers = [f"L{i}" for i in range(len(sizes) - 1)] + ["output"]
     graph = InteractionGraph.from_matrices(
         edges, epsilon=0.1, layers=layers, importance=[rng.uniform(0.1, 1.0, k) for k in sizes]
     )
@@ -454,3 +460,160 @@ def test_trained_result_and_delegation(trained, tmp_path) -> None:
         assert plot_module_map(trained.interaction_graph, trained.partition, ax=axes[1]) is fig
     finally:
         plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- hostile names
+#: Layer names a model may have (any non-empty str without "."): mathtext, TeX, escapes,
+#: control characters, unicode, emoji, very long.
+HOSTILE = [
+    "$\\frac$",
+    "a$b",
+    "50%",
+    "x_{1}",
+    "\\alpha",
+    "$x$ and $$",
+    "\\$y$",
+    "Ωμέγα 層 🙂",
+    " ",
+    "two\nlines",
+    "tab\there\x07",
+    "long_" * 60,
+]
+#: Names drawn as they are (short, printable).
+VERBATIM = [n for n in HOSTILE if n.isprintable() and len(n) <= 24]
+
+
+def drawn(text: str) -> str:
+    """What matplotlib draws for ``text``: it must not be mathtext; escaped dollars unescaped."""
+    assert not matplotlib.cbook.is_math_text(text), text
+    return text.replace("\\$", "$")
+
+
+def check_texts(fig: Figure) -> None:
+    """No text of ``fig`` is mathtext, except matplotlib's own log-axis tick labels."""
+    for text in fig.findobj(matplotlib.text.Text):
+        if not text.get_text().startswith("$\\mathdefault{"):
+            drawn(text.get_text())
+
+
+def check_name(label: str, name: str) -> None:
+    """``label`` shows layer ``name`` literally: verbatim, or (control characters, very long)
+    on one line, its control characters escaped, at most 40 characters, with an ellipsis."""
+    if name in VERBATIM:
+        assert label == name
+        return
+    assert "\n" not in label and len(label) <= 40
+    assert label[:3] == name[:3]
+    if len(name) > 40:
+        assert "…" in label
+
+
+@pytest.fixture(scope="module")
+def hostile() -> ModuleResult:
+    names = [*HOSTILE[1:], HOSTILE[0]]  # a mathtext name as the last layer too
+    graph = planted_graph([6, 8, 5, 7, 6, 4, 5, 6, 5, 4, 6, 3], 2, 1, layers=names)
+    return ModuleResult(graph, leiden_modules(graph, n_restarts=1))
+
+
+@pytest.mark.filterwarnings("ignore:Glyph .* missing from font")
+@pytest.mark.parametrize("n_layers", [4, 12])  # tick labels "name\n(k)", and rotated names only
+@pytest.mark.parametrize("suffix", [".png", ".svg", ".pdf"])
+def test_hostile_layer_names_are_drawn_literally(hostile, tmp_path, n_layers, suffix) -> None:
+    g0 = hostile.interaction_graph
+    keep = list(g0.layers[-n_layers:])
+    graph = InteractionGraph.from_matrices(
+        [g0.edges[pair] for pair in zip(keep[:-1], keep[1:])],
+        epsilon=g0.epsilon,
+        layers=keep,
+        importance=[g0.importance[name] for name in keep],
+    )
+    partition = leiden_modules(graph, n_restarts=1)
+    names = list(graph.layers)
+
+    def ticks(ax) -> list[str]:
+        labels = [drawn(t.get_text()) for t in ax.get_xticklabels()]
+        if "\n(" in labels[0]:  # "name\n(k)"
+            assert [t.rsplit("\n(", 1)[1] for t in labels] == [f"{k})" for k in graph.sizes]
+            labels = [t.rsplit("\n(", 1)[0] for t in labels]
+        return labels
+
+    for func in (plot_modules, plot_module_map):
+        path = tmp_path / f"{func.__name__}{suffix}"
+        fig = func(graph, partition, path=path)
+        assert path.stat().st_size > 500
+        for label, name in zip(ticks(fig.axes[0]), names, strict=True):
+            check_name(label, name)
+        check_texts(fig)
+    for source, target in zip(names[:-1], names[1:]):
+        path = tmp_path / f"interactions{suffix}"
+        fig = plot_interactions(graph, partition, source, path=path)
+        assert path.stat().st_size > 500
+        ax = fig.axes[0]
+        label = drawn(ax.get_xlabel())
+        check_name(label.split("'", 1)[1].rsplit("'", 1)[0], source)
+        label = drawn(ax.get_ylabel())
+        check_name(label.split("'", 1)[1].rsplit("'", 1)[0], target)
+        title = drawn(ax.get_title())
+        assert title.startswith("interactions '") and title.endswith("'")
+        check_texts(fig)
+    # result.plot draws the same figure; a title given by the user is drawn as given (mathtext)
+    path = tmp_path / f"result{suffix}"
+    fig = ModuleResult(dataclasses.replace(graph, bases={}), partition).plot(
+        path=path, title="$\\epsilon$ modules"
+    )
+    assert path.stat().st_size > 500
+    assert fig.axes[0].get_title() == "$\\epsilon$ modules"
+
+
+class Hostile(torch.nn.Module):
+    """An MLP whose submodules have hostile names."""
+
+    def __init__(self, names: list[str], width: int = 4) -> None:
+        super().__init__()
+        self.names = names
+        for name in names:
+            self.add_module(name, torch.nn.Linear(width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self.names[:-1]:
+            x = torch.tanh(self._modules[name](x))
+        return self._modules[self.names[-1]](x)
+
+
+@pytest.mark.filterwarnings("ignore:Glyph .* missing from font")
+@pytest.mark.parametrize("suffix", [".png", ".svg", ".pdf"])
+def test_hostile_names_in_spectra(tmp_path, suffix) -> None:
+    from modgraph.plot import plot_spectra
+
+    names = HOSTILE[:6] + HOSTILE[-5:]
+    model = Hostile(names).double()
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    report = modgraph.degeneracy_report(model, x, progress=False)
+    assert [layer.name for layer in report.layers] == [*names, "output"]
+    path = tmp_path / f"spectra{suffix}"
+    fig = plot_spectra(report, path=path)
+    assert path.stat().st_size > 500
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    for ax, name in zip(shown, report.layers, strict=True):
+        label = drawn(ax.get_title()).rsplit(": d=", 1)[0]
+        check_name(label, name.name)
+    # all layers in one axes: the names are in the legend
+    path = tmp_path / f"spectra_one{suffix}"
+    fig = Figure()
+    ax = fig.add_subplot()
+    assert plot_spectra(report, ax=ax, path=path) is fig
+    assert path.stat().st_size > 500
+    legend = [drawn(t.get_text()) for t in ax.get_legend().get_texts()]
+    for name in names:
+        assert any(check_label_in(text, name) for text in legend), name
+    check_texts(fig)
+
+
+def check_label_in(text: str, name: str) -> bool:
+    """Whether legend entry ``text`` ("name: G (activations)"...) names layer ``name``."""
+    label = text.rsplit(": ", 1)[0]
+    try:
+        check_name(label, name)
+    except AssertionError:
+        return False
+    return True

@@ -17,6 +17,11 @@ which is not registered with pyplot, so nothing needs closing and nothing pops u
 figure, and saves it when ``path`` is given: PNG, SVG or PDF by the file suffix, written
 atomically. matplotlib is imported inside the functions, so ``import modgraph`` stays light, and the
 global backend is never changed.
+
+Layer names come from the model and may hold anything (``$``, TeX, newlines, emoji): the figures
+draw them literally, never as mathtext, on one line (control characters escaped as ``\\n``...),
+shortened in the middle with "…" past 32 characters. A ``title`` you pass is your own text and is
+drawn as given, mathtext included.
 """
 
 from ._figure import SAVE_FORMATS

@@ -1,5 +1,6 @@
 """What every figure shares: the file formats, the save-format check, the atomic save, the figure
-and its axes, and the view of (graph, partition) as arrays in node order."""
+and its axes, user text as literal labels, and the view of (graph, partition) as arrays in node
+order."""
 
 from __future__ import annotations
 
@@ -69,6 +70,35 @@ def save(
     with atomic_open(path, "wb", where=where) as handle:
         fig.savefig(handle, format=fmt, dpi=150, bbox_inches="tight" if tight else None)
     logger.info("%s: wrote %s", where, os.fspath(path))
+
+
+# ---------------------------------------------------------------------------- labels
+#: Longest layer name drawn in full; a longer one is shortened in the middle with an ellipsis.
+LABEL_CHARS = 32
+
+
+def plain(text: object, limit: int | None = LABEL_CHARS) -> str:
+    """User text (a layer name) as a one-line label that matplotlib draws literally.
+
+    Every piece of user text the figures draw goes through here. Layer names are any string
+    (``model.named_modules()``), and matplotlib reads text with an even number of unescaped
+    ``$`` as mathtext, which fails at draw time for e.g. ``"$\\frac$"``, so:
+
+    - characters that are not printable (newline, tab, other control and format characters)
+      are written as their Python escape (``"a\\nb"``), so a label stays on one line;
+    - a label of more than ``limit`` characters keeps its start and its end, joined by "…";
+    - every ``$`` is escaped as ``\\$``, which matplotlib draws as ``$`` (not mathtext).
+
+    Drawn as given only when ``text.usetex`` is off (the default); with LaTeX rendering the user
+    owns escaping.
+    """
+    s = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text)
+    )
+    if limit is not None and len(s) > limit:
+        tail = max(limit // 3, 1)
+        s = s[: max(limit - 1 - tail, 1)] + "…" + s[-tail:]
+    return s.replace("$", r"\$")
 
 
 # ---------------------------------------------------------------------------- figure and axes

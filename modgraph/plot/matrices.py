@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ModgraphValueError
-from ._figure import figure_and_axes, save, save_format, view
+from ._figure import figure_and_axes, plain, save, save_format, view
 from .colors import NO_MODULE_COLOR, module_colors
 from .modules import _order
 
@@ -99,11 +99,12 @@ def plot_module_map(
     rgba[..., :3] = 1.0 - alpha[..., None] * (1.0 - base[:n_rows, None, :3])
     ax.imshow(rgba, aspect="auto", interpolation="nearest")
     ax.set_xticks(np.arange(n_layers))
+    names = [plain(name) for name in v.layers]
+    # upright "name\n(k)" under each column while the names fit there, else rotated names
+    rotate = n_layers > 10 or max((len(s) for s in names), default=0) > 12
     ax.set_xticklabels(
-        [f"{name}\n({k})" for name, k in zip(v.layers, v.sizes)]
-        if n_layers <= 10
-        else list(v.layers),
-        rotation=0 if n_layers <= 10 else 90,
+        names if rotate else [f"{name}\n({k})" for name, k in zip(names, v.sizes)],
+        rotation=90 if rotate else 0,
         fontsize=8,
     )
     ax.set_yticks(np.arange(n_rows))
@@ -116,7 +117,7 @@ def plot_module_map(
     ax.set_yticks(np.arange(n_rows + 1) - 0.5, minor=True)
     ax.grid(which="minor", color="0.85", linewidth=0.6)
     ax.tick_params(which="both", length=0)
-    ax.set_xlabel("node layer (features)" if n_layers <= 10 else "node layer")
+    ax.set_xlabel("node layer" if rotate else "node layer (features)")
     ax.set_title(
         "features per module and layer" + ("" if annotate else f" (darkest: {vmax} features)"),
         fontsize=11,
@@ -226,11 +227,16 @@ def plot_interactions(
     m_cols, m_rows = m_src[col_order], m_dst[row_order]
     k_rows, k_cols = E.shape
 
+    src, dst = plain(layer), plain(target)
+    xlabel = f"source features of '{src}' ({k_cols}), by module"
+    ylabel = f"target features of '{dst}' ({k_rows}), by module"
+    title = f"interactions '{src}' → '{dst}'"
+    # room for the matrix, and for the title and the y label along it (~0.09 in per character)
     fig, ax = figure_and_axes(
         ax,
         (
-            float(np.clip(0.09 * k_cols + 3.6, 5.0, 13.0)),
-            float(np.clip(0.09 * k_rows + 2.2, 3.6, 12.0)),
+            float(max(np.clip(0.09 * k_cols + 3.6, 5.0, 13.0), 0.095 * len(title) + 0.6)),
+            float(max(np.clip(0.09 * k_rows + 2.2, 3.6, 12.0), 0.085 * len(ylabel) + 1.0)),
         ),
         where,
     )
@@ -299,9 +305,9 @@ def plot_interactions(
     pos, names = ticks(lab_r, st_r, en_r)
     ax.set_yticks(pos, names, fontsize=8)
     ax.tick_params(length=0)
-    ax.set_xlabel(f"source features of {layer!r} ({k_cols}), by module")
-    ax.set_ylabel(f"target features of {target!r} ({k_rows}), by module")
-    ax.set_title(f"interactions {layer!r} → {target!r}", fontsize=11, pad=14)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11, pad=14)
     cbar = fig.colorbar(im, ax=ax, pad=0.05, shrink=0.9)
     cbar.set_label("interaction strength E" + (" (log scale)" if log else ""))
     if norm.vmin is not None and norm.vmax is not None and norm.vmin <= v.epsilon <= norm.vmax:

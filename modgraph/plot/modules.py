@@ -11,7 +11,7 @@ import numpy as np
 
 from .._validate import check_float, check_int
 from ..modularity import degeneracy_cost, modularity_score, partition_cost
-from ._figure import View, figure_and_axes, save, save_format, view
+from ._figure import View, figure_and_axes, plain, save, save_format, view
 from .colors import NO_MODULE_COLOR, module_colors
 
 if TYPE_CHECKING:
@@ -144,7 +144,11 @@ def plot_modules(
         Draw only edges with cost above this (nats); ``0`` draws every edge above ε.
     title : str, optional
         Default: the number of modules, ``Q_deg`` and the cross-module cost share (those of the
-        Partition; for a plain membership computed at resolution 1).
+        Partition; for a plain membership computed at resolution 1). A given title is the
+        caller's own text and is drawn as matplotlib draws any title, mathtext included (e.g.
+        ``r"$\\varepsilon = 0.1$"``); escape a literal dollar as ``\\$``. Layer names, which come
+        from the model, are always drawn literally (one line, at most 32 characters, shortened
+        in the middle with "…").
     palette : str, sequence of colours, or None
         Module colours (see :func:`module_colors`).
 
@@ -282,9 +286,10 @@ def plot_modules(
     ax.set_xlim(-0.45, n_layers - 0.55)
     ax.set_ylim(-0.09 if subsampled else -0.03, 1.03)
     ax.set_xticks(np.arange(n_layers))
-    rotate = n_layers > 10 or max((len(s) for s in v.layers), default=0) * n_layers > 60
+    names = [plain(name) for name in v.layers]
+    rotate = n_layers > 10 or max((len(s) for s in names), default=0) * n_layers > 60
     ax.set_xticklabels(
-        [f"{name}\n({k})" if not rotate else name for name, k in zip(v.layers, v.sizes)],
+        [f"{name}\n({k})" if not rotate else name for name, k in zip(names, v.sizes)],
         rotation=90 if rotate else 0,
         fontsize=8 if rotate else 9,
     )

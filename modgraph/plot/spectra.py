@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._figure import figure_of, new_figure, save, save_format
+from ._figure import figure_of, new_figure, plain, save, save_format
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -64,7 +64,7 @@ def plot_spectra(
         for panel, layer in zip(axes, report.layers):
             _draw(panel, [layer], floor, report.rtol)
             panel.set_title(
-                f"{layer.name}: d={layer.width}, r_G={layer.activation_rank}, "
+                f"{plain(layer.name)}: d={layer.width}, r_G={layer.activation_rank}, "
                 f"r_M={layer.jacobian_rank}",
                 fontsize=9,
             )
@@ -88,7 +88,7 @@ def _draw(ax: Axes, layers: list[LayerDegeneracy], floor: float, rtol: float) ->
                 continue
             y = np.maximum(values / values[0], floor)
             x = np.arange(1, values.size + 1)
-            name = f"{layer.name}: {label}" if several else label
+            name = f"{plain(layer.name)}: {label}" if several else label
             ax.plot(x, y, style, marker=".", color=color if several else None, label=name)
     ax.axhline(rtol, color="0.3", linestyle=":", linewidth=1.0, label=f"rtol = {rtol:g}")
     ax.set_yscale("log")
