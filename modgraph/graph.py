@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._validate import check_float
+from ._validate import check_float, check_int
 from .errors import ModgraphTypeError, ModgraphValueError
-from .io import write_graphml
+from .io import check_graphml_name, write_graphml
 
 if TYPE_CHECKING:
     import igraph
@@ -75,6 +75,26 @@ def check_weights(w: np.ndarray, name: str, where: str) -> None:
         )
 
 
+def _check_layers(layers: Any, where: str) -> tuple[str, ...]:
+    """Layer names: at least two, non-empty strs, each once (node ids are ``"{layer}:{index}"``)."""
+    layers = tuple(layers)
+    if len(layers) < 2:
+        raise ModgraphValueError(f"{where}: an interaction graph needs at least two node layers.")
+    for name in layers:
+        if not isinstance(name, str) or not name:
+            raise (ModgraphValueError if isinstance(name, str) else ModgraphTypeError)(
+                f"{where}: layer names must be non-empty strs; got {name!r} in {list(layers)}."
+            )
+    repeated = [name for i, name in enumerate(layers) if name in layers[:i]]
+    if repeated:
+        raise ModgraphValueError(
+            f"{where}: layer names must be unique; {repeated[0]!r} appears "
+            f"{layers.count(repeated[0])} times in {list(layers)}. Give each node layer its own "
+            "name (node ids are '{layer}:{index}')."
+        )
+    return layers
+
+
 def _frozen(a: np.ndarray) -> np.ndarray:
     a = np.array(a, dtype=np.float64)
     a.setflags(write=False)
@@ -112,9 +132,15 @@ class InteractionGraph:
     bases: Mapping[str, InteractionBasis] | None = None
 
     def __post_init__(self) -> None:
-        layers = tuple(self.layers)
-        if len(layers) < 2:
-            raise ModgraphValueError("An interaction graph needs at least two node layers.")
+        where = "InteractionGraph"
+        layers = _check_layers(self.layers, where)
+        missing = [name for name in layers if name not in self.importance]
+        if missing:
+            raise ModgraphValueError(f"{where}: importance lacks the layer {missing[0]!r}.")
+        object.__setattr__(self, "epsilon", check_float(self.epsilon, "epsilon", where, low=0.0))
+        if self.tau is not None:
+            object.__setattr__(self, "tau", check_float(self.tau, "tau", where, low=0.0))
+        object.__setattr__(self, "n_alpha", check_int(self.n_alpha, "n_alpha", where, minimum=1))
         edges = {}
         for src, dst in zip(layers[:-1], layers[1:]):
             if (src, dst) not in self.edges:
@@ -180,9 +206,16 @@ class InteractionGraph:
         """All edges with ``E > min_weight`` (default ``ε``: the edges that carry cost).
 
         Returns arrays ``source``, ``target`` (node indices), ``weight`` (E), ``cost``; the source
-        is in the earlier layer.
+        is in the earlier layer. ``min_weight``: a finite float ``>= 0`` or None.
         """
-        threshold = self.epsilon if min_weight is None else float(min_weight)
+        return self._edge_list(min_weight, "InteractionGraph.edge_list")
+
+    def _edge_list(self, min_weight: float | None, where: str) -> dict[str, np.ndarray]:
+        threshold = (
+            self.epsilon
+            if min_weight is None
+            else check_float(min_weight, "min_weight", where, low=0.0, low_open=False)
+        )
         parts: dict[str, list[np.ndarray]] = {"source": [], "target": [], "weight": []}
         for l, pair in enumerate(zip(self.layers[:-1], self.layers[1:])):
             E = self.edges[pair]
@@ -278,7 +311,7 @@ class InteractionGraph:
             (node, dict(zip(names, values)))
             for node, *values in zip(self.node_ids, *columns.values())
         )
-        e = self.edge_list(min_weight)
+        e = self._edge_list(min_weight, "InteractionGraph.to_networkx")
         ids = self.node_ids
         G.add_edges_from(
             (ids[s], ids[t], {"weight": w, "cost": c})
@@ -292,7 +325,7 @@ class InteractionGraph:
         """A directed ``igraph.Graph`` with the node ids as ``name`` and the same attributes."""
         import igraph as ig
 
-        e = self.edge_list(min_weight)
+        e = self._edge_list(min_weight, "InteractionGraph.to_igraph")
         g = ig.Graph(
             n=self.n_nodes,
             edges=np.column_stack([e["source"], e["target"]]).tolist(),
@@ -317,12 +350,19 @@ class InteractionGraph:
         min_weight: float | None = None,
         graph_attributes: Mapping[str, Any] | None = None,
     ) -> None:
-        """Write the graph as GraphML (read back by networkx and igraph), atomically."""
+        """Write the graph as GraphML (read back by networkx and igraph), atomically.
+
+        Layer names and attribute names must pass :func:`modgraph.io.check_graphml_name` (text
+        XML 1.0 can hold, no ``&``), string graph attributes :func:`modgraph.io.check_xml_text`.
+        """
+        where = "InteractionGraph.to_graphml"
+        for name in self.layers:
+            check_graphml_name(name, f"{where}: layer name")
         attrs = self.node_attributes()
         m = self._membership(membership)
         if m is not None:
             attrs["module"] = m
-        e = self.edge_list(min_weight)
+        e = self._edge_list(min_weight, where)
         meta: dict[str, Any] = {"epsilon": float(self.epsilon), "n_alpha": int(self.n_alpha)}
         if self.tau is not None:
             meta["tau"] = float(self.tau)
@@ -347,13 +387,32 @@ class InteractionGraph:
         importance: Sequence[np.ndarray] | None = None,
     ) -> InteractionGraph:
         """Build a graph from a chain of matrices ``E_l (k_{l+1}, k_l)`` (e.g. synthetic ones)."""
-        sizes = [edges[0].shape[1]] + [E.shape[0] for E in edges]
+        where = "InteractionGraph.from_matrices"
+        epsilon = check_float(epsilon, "epsilon", where, low=0.0)
+        mats = [np.asarray(E, dtype=np.float64) for E in edges]
+        if not mats:
+            raise ModgraphValueError(
+                f"{where}: edges is empty; give at least one matrix E (k_next, k) (two node layers)."
+            )
+        for l, E in enumerate(mats):
+            if E.ndim != 2:
+                raise ModgraphValueError(
+                    f"{where}: edges[{l}] has shape {E.shape}; each matrix must be 2-d (k_next, k)."
+                )
+        sizes = [mats[0].shape[1]] + [E.shape[0] for E in mats]
         layers = list(layers) if layers is not None else [f"L{i}" for i in range(len(sizes))]
         if importance is None:
             importance = [np.ones(k) for k in sizes]
+        for name, given in (("layers", layers), ("importance", importance)):
+            if len(given) != len(sizes):
+                raise ModgraphValueError(
+                    f"{where}: {name} has {len(given)} entries for {len(mats)} matrices; give "
+                    f"{len(sizes)} (one per node layer)."
+                )
+        layers = list(_check_layers(layers, where))
         return cls(
             layers=tuple(layers),
-            edges={(a, b): E for a, b, E in zip(layers[:-1], layers[1:], edges)},
+            edges={(a, b): E for a, b, E in zip(layers[:-1], layers[1:], mats)},
             importance=dict(zip(layers, importance)),
             epsilon=epsilon,
         )
