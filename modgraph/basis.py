@@ -104,18 +104,18 @@ class InteractionBasis:
 
         Returns the same kind (numpy or torch, device and dtype kept for torch) as ``acts``.
         """
+        shape = tuple(acts.shape) if isinstance(acts, torch.Tensor) else np.shape(acts)
+        if not shape or shape[-1] != self.d:
+            raise ModgraphValueError(
+                f"transform of layer {self.layer!r} needs activations of shape (..., {self.d}); "
+                f"got {shape}."
+            )
         if isinstance(acts, torch.Tensor):
             dtype = acts.dtype if acts.is_floating_point() else torch.float64
             mean = torch.tensor(self.mean, dtype=dtype, device=acts.device)
             C = torch.tensor(self.C, dtype=dtype, device=acts.device)
             return (acts.to(dtype) - mean) @ C
-        acts = np.asarray(acts, dtype=np.float64)
-        if acts.shape[-1] != self.d:
-            raise ModgraphValueError(
-                f"transform of layer {self.layer!r} needs activations of shape (..., {self.d}); "
-                f"got {acts.shape}."
-            )
-        return (acts - self.mean) @ self.C
+        return (np.asarray(acts, dtype=np.float64) - self.mean) @ self.C
 
     def __repr__(self) -> str:
         return f"InteractionBasis(layer={self.layer!r}, d={self.d}, k={self.k})"

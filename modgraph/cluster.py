@@ -143,7 +143,7 @@ class _Search:
             )
             m = np.asarray(part.membership, dtype=np.int64)
             q = modularity_from_edges(self.n, self.src, self.dst, self.cost, m, resolution)
-            if q > best_q:
+            if best is None or q > best_q:
                 best, best_q = m, q
         assert best is not None
         return _relabel(best), best_q

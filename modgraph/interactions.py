@@ -18,6 +18,7 @@ C_{l+1}ᵀ J(x) C_l⁺ᵀ``, every sum is a float64 accumulation over batches of
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -235,6 +236,8 @@ def build_graph(
 ) -> InteractionGraph:
     epsilon = options.epsilon
     eps = default_epsilon(bases, options.tau) if epsilon is None else float(epsilon)
+    if epsilon is None:
+        _warn_if_constant_output(list(bases.values())[-1], eps)
     if eps <= 0:
         raise ModgraphValueError(
             "The default epsilon τ · tr Cov(output) is 0: the model output is constant on the "
@@ -249,6 +252,23 @@ def build_graph(
         n_alpha=options.n_alpha,
         bases=bases,
     )
+
+
+def _warn_if_constant_output(output: InteractionBasis, eps: float) -> None:
+    """The default ε is a share of the output variance: say so when that variance is tiny
+    next to the output's size (a near-constant output, e.g. an untrained or saturated model,
+    or inputs far from what it expects), since every interaction then looks large."""
+    variance = float(output.gram_eigenvalues.sum())
+    size = variance + float(output.mean @ output.mean)
+    if 0 < variance <= 1e-8 * size or 0 < variance < 1e-15:
+        warnings.warn(
+            f"the model output barely varies on the data (tr Cov(output) = {variance:.3g}, "
+            f"E‖output‖² = {size:.3g}), so the default ε = τ · tr Cov(output) = {eps:.3g} is "
+            "tiny and every interaction counts. Check that the data are what the model "
+            "expects (scale, normalisation), or pass epsilon=<float>.",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def measure_graph(

@@ -11,6 +11,7 @@ count as non-zero.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +30,7 @@ __all__ = [
     "add_layer_moments",
     "count_kept",
     "covariance_cut",
+    "warn_if_few_samples",
 ]
 
 
@@ -161,7 +163,25 @@ def accumulate_statistics(
                 coact[s.source] = coact[s.source] + gram if s.source in coact else gram
     stats = Statistics(moments=moments, coactivation={})
     stats.coactivation = {k: v / stats.n for k, v in coact.items()}
+    warn_if_few_samples(stats.n, plan.dims)
     return stats
+
+
+def warn_if_few_samples(n: int, dims: dict[str, int]) -> None:
+    """Warn when the data points are too few to span a node layer: a covariance over ``n``
+    points has rank at most ``n − 1``, so the features would reflect the sample, not the
+    network."""
+    narrow = {name: d for name, d in dims.items() if n <= d}
+    if narrow:
+        shown = ", ".join(f"{k!r} (width {d})" for k, d in list(narrow.items())[:4])
+        warnings.warn(
+            f"only {n} data points for node layers as wide as {max(narrow.values())}: {shown}"
+            f"{' ...' if len(narrow) > 4 else ''}. Their covariance has rank at most {n - 1}, so "
+            "ranks, features and modules are limited by the data, not the network. Use more "
+            "data points than the widest layer (ideally many times more).",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def count_kept(eigenvalues: np.ndarray, rtol: float) -> int:

@@ -109,7 +109,10 @@ class Options:
                 )
             epsilon = check_float(epsilon, "epsilon", where, low=0.0)
         tau = check_float(self.tau, "tau", where, low=0.0)
-        resolution = check_float(self.resolution, "resolution", where, low=0.0)
+        # above 1e9 every feature is alone on any graph, and Q_deg's terms overflow near 1e308
+        resolution = check_float(
+            self.resolution, "resolution", where, low=0.0, high=1e9, high_open=False
+        )
         n_restarts = check_int(self.n_restarts, "n_restarts", where, minimum=1)
         n_modules = check_int(self.n_modules, "n_modules", where, minimum=1, allow_none=True)
         share = self.min_module_share

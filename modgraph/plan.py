@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .errors import ModgraphTypeError, ModgraphValueError
+from .io import check_graphml_name
 
 __all__ = [
     "ELEMENTWISE",
@@ -267,6 +268,7 @@ def make_plan(
     calls: list[tuple[str, int, int, int, int]] = []  # name, in id, in version, out id, out version
     counts: dict[str, int] = {}
     pre_inputs: dict[str, torch.Tensor | None] = {}
+    seen_version: dict[str, int] = {}  # version of a node input when its module saw it
     keep: list[Any] = []  # keep tensors alive so ids are not reused during the probe
     pending: dict[int, tuple[int, int]] = {}
     handles = []
@@ -287,6 +289,7 @@ def make_plan(
                         "loop); a node layer must run exactly once. Choose another module."
                     )
                 pre_inputs.setdefault(name, a)
+                seen_version.setdefault(name, a._version if a is not None else -1)
             keep.append(a)
             pending[id(module)] = (id(a), a._version) if a is not None else (0, -1)
 
@@ -326,6 +329,12 @@ def make_plan(
                     f"model: convert with x.float()).{hint}"
                 ) from exc
         out = select_tensor(raw, select_output)
+        if probe.ndim == 1 and out.ndim < 2:
+            raise ModgraphValueError(
+                f"data yields batches of shape {tuple(probe.shape)}, and the model maps one to "
+                f"shape {tuple(out.shape)}: these look like single samples, not batches. Stack "
+                "them into one Tensor (torch.stack(samples)) or batch them (a DataLoader)."
+            )
         _check_2d(out, None)
     finally:
         for h in handles:
@@ -355,6 +364,8 @@ def make_plan(
         a = inputs[n]
         assert a is not None
         _check_2d(a, n)
+        # a name that cannot round-trip through GraphML is refused before any pass
+        check_graphml_name(n, f"{where}: node layer name")
     dims = {n: int(inputs[n].shape[-1]) for n in names}  # type: ignore[union-attr]
     dims[out_name] = int(out.shape[-1])
 
@@ -368,9 +379,11 @@ def make_plan(
         linear = named[src]
         section = Section(src, dst)
         t = target_tensor[dst]
+        # the version dst's module saw (forward may change the tensor in place afterwards)
+        t_version = seen_version.get(dst, t._version)
         if is_plain_linear(linear) and src in by_name:
             _, _, _, z_id, z_version = by_name[src]
-            if id(t) == z_id and t._version == z_version:
+            if id(t) == z_id and t_version == z_version:
                 section = Section(src, dst, linear, None)
             else:
                 for name, in_id, in_version, out_id, out_version in calls:
@@ -380,7 +393,7 @@ def make_plan(
                         and in_id == z_id
                         and in_version == z_version
                         and out_id == id(t)
-                        and out_version == t._version
+                        and out_version == t_version
                     ):
                         section = Section(src, dst, linear, act)
                         break

@@ -29,7 +29,7 @@ FLOORS = {
     "io": 1,
     "options": 2,
     "data": 3,
-    "plan": 3,
+    "plan": 3,  # imports io (names that cannot round-trip through GraphML)
     "capture": 4,
     "jacobian": 5,
     "moments": 6,

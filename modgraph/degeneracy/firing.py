@@ -17,7 +17,7 @@ from torch import nn
 from .._arrays import EPS64
 from ..capture import Session
 from ..data import iter_batches
-from ..moments import Moments, add_layer_moments
+from ..moments import Moments, add_layer_moments, warn_if_few_samples
 from ..plan import IDENTITY, Section, is_plain_linear
 
 __all__ = [
@@ -172,6 +172,7 @@ def first_pass(sess: Session, sets: list[UnitSetPlan]) -> dict[str, Moments]:
             add_layer_moments(moments, acts, plan, b)
             for f in firings:
                 f.add(acts[f.section.source], acts[f.section.target])
+    warn_if_few_samples(moments[plan.output].n, plan.dims)
     return moments
 
 
