@@ -4,15 +4,26 @@
 ``FACTORY()`` (a ``torch.nn.Module``) and ``FUNCTION()`` (data as ``find_modules`` takes it),
 optionally loads weights (``torch.load(..., weights_only=True)`` or a ``.npz`` without pickle),
 finds the modules and writes ``modules.graphml``, ``modules.json`` and ``modules.png``.
+
+Bad input ends in one line on stderr and exit status 2, before anything is computed where it
+can be checked first (``--out``, the specs, the weights file). ``--threads N`` sets torch's thread
+count for the command and restores it afterwards (the demo uses 1 unless told; the library never
+changes it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
+import re
 import sys
-from collections.abc import Sequence
+import tempfile
+import traceback
+import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +36,177 @@ __all__ = ["main"]
 
 logger = logging.getLogger("modgraph")
 
+_FIGURE_FILES = ("modules.graphml", "modules.json", "modules.png")
+_NPZ_HINT = (
+    "Save the weights with numpy.savez(FILE, **{k: v.cpu().numpy() for k, v in "
+    "model.state_dict().items()}), or as a .pt file with torch.save(model.state_dict(), FILE)."
+)
+_PT_HINT = (
+    "Save them with torch.save(model.state_dict(), FILE), or as an .npz of named numeric arrays."
+)
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive: a member first, or empty
 
-def _import(spec: str, what: str) -> Any:
-    """``"pkg.module:attr"`` → the attribute (called by the caller)."""
-    if ":" not in spec:
+
+def _one_line(text: object) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _describe(exc: BaseException, *, where: bool = True) -> str:
+    """``Type: message (at file.py:line)`` of an exception raised by the user's code, one line."""
+    message = _one_line(exc)
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    if isinstance(exc, SyntaxError) or not where:
+        return text  # a SyntaxError names its file and line itself
+    skip = (os.path.dirname(importlib.__file__), __file__)
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith(("<", *skip))
+    ]
+    return f"{text} (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else text
+
+
+def _import(spec: str, what: str) -> Callable[[], Any]:
+    """``"pkg.module:name"`` → the callable ``name`` (the caller calls it, see :func:`_call`).
+
+    The current folder is searched first, and only the entry added for that is removed again:
+    whatever the imported module did to ``sys.path`` itself stays, as after any import."""
+    module_name, colon, attr = spec.partition(":")
+    parts = [attr, *module_name.split(".")]
+    if not (colon and all(part.isidentifier() for part in parts)):
         raise ModgraphValueError(
-            f"--{what} must look like PKG.MODULE:NAME (e.g. mypkg.models:make_model); got {spec!r}."
+            f"--{what} must look like PKG.MODULE:NAME (a dotted module path, one colon, a "
+            f"function name; e.g. mypkg.models:make_model); got {spec!r}."
         )
-    module_name, _, attr = spec.partition(":")
-    sys.path.insert(0, str(Path.cwd()))
+    entry = str(Path.cwd())
+    sys.path.insert(0, entry)
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModgraphValueError(f"--{what}: cannot import module {module_name!r}: {exc}") from exc
-    finally:
-        sys.path.pop(0)
-    if not hasattr(module, attr):
-        raise ModgraphValueError(f"--{what}: module {module_name!r} has no attribute {attr!r}.")
-    return getattr(module, attr)
+    except (Exception, SystemExit) as exc:
+        name = exc.name if isinstance(exc, ModuleNotFoundError) else None
+        if name and (module_name + ".").startswith(name + "."):
+            problem = f"cannot find module {module_name!r} (looked in the current folder too)"
+        else:
+            problem = f"importing module {module_name!r} raised {_describe(exc)}"
+        raise ModgraphValueError(f"--{what} {spec!r}: {problem}") from exc
+    finally:  # remove the entry added, not whatever is first now
+        for i, path in enumerate(sys.path):
+            if path is entry:
+                del sys.path[i]
+                break
+    try:
+        found = getattr(module, attr)
+    except Exception as exc:
+        problem = (
+            f"module {module_name!r} has no attribute {attr!r}."
+            if isinstance(exc, AttributeError)
+            else f"reading {attr!r} from module {module_name!r} raised {_describe(exc)}"
+        )
+        raise ModgraphValueError(f"--{what} {spec!r}: {problem}") from exc
+    if not callable(found):
+        raise ModgraphValueError(
+            f"--{what} {spec!r}: {attr!r} is a {type(found).__name__}, not callable; name a "
+            "function that takes no arguments."
+        )
+    return found
+
+
+def _call(spec: str, what: str, function: Callable[[], Any]) -> Any:
+    name = spec.partition(":")[2]
+    try:
+        return function()
+    except (Exception, SystemExit) as exc:
+        raise ModgraphValueError(f"--{what} {spec!r}: {name}() raised {_describe(exc)}") from exc
+
+
+def _read_npz(path: Path) -> dict[str, torch.Tensor]:
+    """The arrays of an ``.npz`` as tensors; nothing is ever unpickled."""
+    name = repr(str(path))
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head.startswith(_ZIP_MAGIC):
+        if head.startswith(b"\x93NUMPY"):
+            kind = "a single .npy array, not an .npz archive of named arrays"
+        elif head[:1] == b"\x80":
+            kind = "a Python pickle, not an .npz archive (modgraph never unpickles weights)"
+        else:
+            kind = "not an .npz archive (it does not start with the zip signature)"
+        raise ModgraphValueError(f"--weights: {name} is {kind}. {_NPZ_HINT}")
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            for key in f.files:
+                try:
+                    arrays[key] = f[key]
+                except ValueError as exc:
+                    if "pickle" not in str(exc):
+                        raise
+                    raise ModgraphValueError(
+                        f"--weights: {name} holds an object array {key!r}, which cannot be "
+                        f"read without unpickling (modgraph never unpickles weights). {_NPZ_HINT}"
+                    ) from None
+    except ModgraphError:
+        raise
+    except Exception as exc:  # BadZipFile, zlib.error, EOFError, a bad .npy header, ...
+        raise ModgraphValueError(
+            f"--weights: {name} is a damaged .npz archive ({_describe(exc, where=False)}); it "
+            f"may be truncated or only partly copied. {_NPZ_HINT}"
+        ) from exc
+    state = {}
+    for key, array in arrays.items():
+        if array.dtype.kind not in "biufc":
+            raise ModgraphValueError(
+                f"--weights: {name} holds array {key!r} of dtype {array.dtype}, which is not "
+                f"numeric. {_NPZ_HINT}"
+            )
+        if not array.dtype.isnative:
+            array = array.astype(array.dtype.newbyteorder("="))
+        state[key] = torch.from_numpy(array)
+    return state
+
+
+def _read_torch(path: Path) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers, no other objects."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        npz = False
+        with contextlib.suppress(Exception), zipfile.ZipFile(path) as z:
+            npz = bool(z.namelist()) and all(n.endswith(".npy") for n in z.namelist())
+        if npz:
+            raise ModgraphValueError(
+                f"--weights: {str(path)!r} is an .npz archive of numpy arrays; rename it to end "
+                "in .npz."
+            ) from exc
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch's advice to unpickle is left out
+        lines = text.split("WeightsUnpickler error:")[-1].strip().splitlines() or [""]
+        reason = lines[0].split(". ")[0].removesuffix(".")[:300]
+        raise ModgraphValueError(
+            f"--weights: {str(path)!r} is not a state dict that loads with weights_only=True "
+            f"({type(exc).__name__}: {reason}): it is damaged, or holds objects other than "
+            f"tensors, which modgraph never unpickles. {_PT_HINT}"
+        ) from exc
+
+
+def _check_state(state: Any, path: Path, hint: str) -> dict[str, torch.Tensor]:
+    name = repr(str(path))
+    if not isinstance(state, dict):
+        raise ModgraphValueError(
+            f"--weights: {name} holds a {type(state).__name__}, not a state dict. {hint}"
+        )
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise ModgraphValueError(
+                f"--weights: {name} has key {key!r} ({type(key).__name__}), not a string: not "
+                f"a state dict. {hint}"
+            )
+        if not isinstance(value, torch.Tensor):
+            nested = " (a checkpoint? save the state dict alone)" if isinstance(value, dict) else ""
+            raise ModgraphValueError(
+                f"--weights: {name}: the value of {key!r} is of type {type(value).__name__}, "
+                f"not a tensor{nested}. {hint}"
+            )
+    return state
 
 
 def _load_weights(model: torch.nn.Module, path: str | Path) -> None:
@@ -50,22 +214,11 @@ def _load_weights(model: torch.nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise ModgraphValueError(f"--weights: no file at {str(path)!r}.")
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            state = {k: torch.from_numpy(np.array(f[k])) for k in f.files}
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ModgraphValueError(
-                f"--weights: {str(path)!r} is not a state dict that loads with "
-                f"weights_only=True ({type(exc).__name__}: {exc}). Save it with "
-                "torch.save(model.state_dict(), path)."
-            ) from exc
-    if not isinstance(state, dict):
-        raise ModgraphValueError(
-            f"--weights: {str(path)!r} holds a {type(state).__name__}, not a state dict."
-        )
+    npz = path.suffix.lower() == ".npz"
+    hint = _NPZ_HINT if npz else _PT_HINT
+    if path.stat().st_size == 0:
+        raise ModgraphValueError(f"--weights: {str(path)!r} is empty. {hint}")
+    state = _check_state(_read_npz(path) if npz else _read_torch(path), path, hint)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -79,10 +232,46 @@ def _load_weights(model: torch.nn.Module, path: str | Path) -> None:
             f"unexpected keys: {unexpected}; wrong shapes: {wrong}. Expected keys and shapes: "
             f"{shapes}."
         )
-    dtype = next(iter(expected.values())).dtype if expected else torch.float32
-    model.load_state_dict(
-        {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    )
+    try:
+        model.load_state_dict(state)  # copies, casting to each tensor's dtype
+    except Exception as exc:
+        raise ModgraphValueError(
+            f"--weights: {str(path)!r} does not load into the model "
+            f"({_describe(exc, where=False)})."
+        ) from exc
+
+
+def _check_out(out: str, names: Sequence[str]) -> Path:
+    """Fail now, before anything is computed, when ``names`` cannot be written in folder ``out``:
+    create it and a probe file in it, then remove what was created (made again when writing)."""
+    path, shown = Path(out), repr(out)
+    existing = path
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "a file" if existing.is_file() else "not a folder"
+        then = "give a folder (created if missing)" if existing == path else "no folder fits there"
+        raise ModgraphValueError(f"--out {shown}: {str(existing)!r} is {what}; {then}.")
+    for name in names:
+        target = path / name
+        if os.path.lexists(target) and not target.is_file():
+            what = "a folder" if target.is_dir() else "not a regular file"
+            raise ModgraphValueError(
+                f"--out {shown}: {str(target)!r} is {what}, so it cannot be written."
+            )
+    created = [p for p in (path, *path.parents) if not os.path.lexists(p)]  # deepest first
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".modgraph-probe-"):
+            pass
+    except OSError as exc:
+        problem = exc.strerror or exc
+        raise ModgraphValueError(f"--out {shown}: cannot write there ({problem}).") from exc
+    finally:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+    return path
 
 
 def _write_outputs(result: Any, out: Path, *, title: str) -> None:
@@ -92,16 +281,14 @@ def _write_outputs(result: Any, out: Path, *, title: str) -> None:
     from .plot import plot_modules
 
     plot_modules(result.interaction_graph, result.partition, path=out / "modules.png", title=title)
-    logger.info(
-        "wrote %s",
-        ", ".join(str(out / n) for n in ("modules.graphml", "modules.json", "modules.png")),
-    )
+    print(f"wrote {', '.join(str(out / n) for n in _FIGURE_FILES)}")
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .api import find_modules
     from .toy import accuracy, train_mlp, two_task_digits
 
+    out = _check_out(args.out, _FIGURE_FILES)
     data = two_task_digits(1000 if args.quick else 2000, seed=args.seed)
     logger.info("training a two-task MLP (digit class + parity of a second digit) ...")
     model = train_mlp(data, (64, 64), epochs=150 if args.quick else 400, seed=args.seed)
@@ -114,27 +301,29 @@ def _demo(args: argparse.Namespace) -> int:
     print(
         f"module(s) of the class outputs: {sorted(classes)}; of the parity outputs: {sorted(parity)}"
     )
-    _write_outputs(result, Path(args.out), title="Modules of a two-task MLP")
-    print(f"wrote {args.out}/modules.graphml, modules.json, modules.png")
+    _write_outputs(result, out, title="Modules of a two-task MLP")
     return 0
 
 
 def _load_user(args: argparse.Namespace) -> tuple[torch.nn.Module, Any]:
+    """Both specs are imported (and so checked) before either is called."""
     factory = _import(args.model, "model")
-    model = factory()
+    loader = _import(args.data, "data")
+    model = _call(args.model, "model", factory)
     if not isinstance(model, torch.nn.Module):
         raise ModgraphValueError(
-            f"--model {args.model} returned a {type(model).__name__}, not a torch.nn.Module."
+            f"--model {args.model!r}: {args.model.partition(':')[2]}() returned a "
+            f"{type(model).__name__}, not a torch.nn.Module."
         )
     if args.weights:
         _load_weights(model, args.weights)
-    data = _import(args.data, "data")()
-    return model, data
+    return model, _call(args.data, "data", loader)
 
 
 def _run(args: argparse.Namespace) -> int:
     from .api import find_modules
 
+    out = _check_out(args.out, _FIGURE_FILES)
     model, data = _load_user(args)
     result = find_modules(
         model,
@@ -151,13 +340,15 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(result.summary())
-    _write_outputs(result, Path(args.out), title=f"Modules of {args.model}")
+    model_name = args.model.replace("$", r"\$")  # the title is mathtext: a "$" stays a "$"
+    _write_outputs(result, out, title=f"Modules of {model_name}")
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
     from .degeneracy import degeneracy_report
 
+    out = None if args.out is None else _check_out(args.out, ["degeneracy.json"])
     model, data = _load_user(args)
     report = degeneracy_report(
         model,
@@ -168,28 +359,56 @@ def _report(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(report)
-    if args.out:
-        out = Path(args.out)
+    if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         report.to_json(out / "degeneracy.json")
+        print(f"wrote {out / 'degeneracy.json'}")
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def _build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="modgraph",
         description="Find the modules inside a trained neural network (arXiv 2405.10927).",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"modgraph {__version__}",
+        help="print the version and exit",
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="demo, run or report"
+    )
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, *, threads: str) -> None:
         p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+        p.add_argument(
+            "--threads",
+            type=_positive_int,
+            default=1 if threads == "1" else None,
+            metavar="N",
+            help=f"torch threads for this command, restored afterwards (default: {threads}; "
+            "on a busy or small machine 1 is often much faster)",
+        )
 
     demo = sub.add_parser("demo", help="train a two-task MLP on the spot and find its modules")
     demo.add_argument("--out", default="out", help="output folder (default: out)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of data, training and Leiden")
     demo.add_argument("--quick", action="store_true", help="smaller data and training")
-    common(demo)
+    common(demo, threads="1")
     demo.set_defaults(func=_demo)
 
     def user(p: argparse.ArgumentParser) -> None:
@@ -197,12 +416,22 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--weights", help="state dict: .pt/.pth (weights_only) or .npz")
         p.add_argument("--data", required=True, help="PKG.MODULE:FUNCTION returning the data")
         p.add_argument("--layers", nargs="+", help="module names (default: every nn.Linear)")
-        p.add_argument("--batch-size", type=int, default=256)
-        common(p)
+        p.add_argument(
+            "--batch-size",
+            type=_positive_int,
+            default=256,
+            help="rows per forward pass (default 256)",
+        )
+        common(p, threads="torch's, usually the number of cores")
 
     run = sub.add_parser("run", help="find the modules of your model")
     user(run)
-    run.add_argument("--resolution", type=float, default=1.0)
+    run.add_argument(
+        "--resolution",
+        type=float,
+        default=1.0,
+        help="resolution γ > 0 of Q_deg: larger gives more, smaller modules (default 1)",
+    )
     run.add_argument(
         "--n-modules",
         type=int,
@@ -216,17 +445,32 @@ def _build_parser() -> argparse.ArgumentParser:
         help="with --n-modules: modules below this share of the interaction strength are "
         "fragments (default 0.1 / n-modules)",
     )
-    run.add_argument("--epsilon", type=float, default=None)
-    run.add_argument("--tau", type=float, default=1e-4)
-    run.add_argument("--variant", choices=["local", "global"], default="local")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--out", required=True, help="output folder")
+    run.add_argument(
+        "--epsilon",
+        type=float,
+        default=None,
+        help="interaction tolerance ε > 0 (default: tau × trace of the output covariance)",
+    )
+    run.add_argument("--tau", type=float, default=1e-4, help="τ of the default ε (default 1e-4)")
+    run.add_argument(
+        "--variant",
+        choices=["local", "global"],
+        default="local",
+        help="Jacobian to the next layer's features (local, default) or to the output (global)",
+    )
+    run.add_argument("--seed", type=int, default=0, help="seed of the Leiden restarts (default 0)")
+    run.add_argument("--out", required=True, help="output folder (created if missing)")
     run.set_defaults(func=_run)
 
     report = sub.add_parser("report", help="measure the three sources of degeneracy")
     user(report)
-    report.add_argument("--rtol", type=float, default=1e-10)
-    report.add_argument("--out", help="also write degeneracy.json here")
+    report.add_argument(
+        "--rtol",
+        type=float,
+        default=1e-10,
+        help="an eigenvalue counts as zero below rtol × the largest (default 1e-10)",
+    )
+    report.add_argument("--out", help="also write degeneracy.json in this folder")
     report.set_defaults(func=_report)
     return parser
 
@@ -238,10 +482,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    threads = torch.get_num_threads()
+    if args.threads is not None:  # the CLI owns the process; the library never sets this
+        torch.set_num_threads(args.threads)
     try:
         return int(args.func(args))
     except BrokenPipeError:  # e.g. `modgraph run ... | head`: the reader left, nothing to report
         return 0
     except (ModgraphError, OSError) as exc:
-        print(f"modgraph {args.command}: error: {exc}", file=sys.stderr)
+        print(f"modgraph {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    finally:
+        if args.threads is not None:
+            torch.set_num_threads(threads)

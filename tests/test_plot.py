@@ -585,7 +585,8 @@ class Hostile(torch.nn.Module):
 def test_hostile_names_in_spectra(tmp_path, suffix) -> None:
     from modgraph.plot import plot_spectra
 
-    names = HOSTILE[:6] + HOSTILE[-5:]
+    # an analysis refuses node layer names GraphML cannot hold (a BEL character) before it starts
+    names = [n for n in HOSTILE[:6] + HOSTILE[-5:] if "\x07" not in n]
     model = Hostile(names).double()
     x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     report = modgraph.degeneracy_report(model, x, progress=False)
