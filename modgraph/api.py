@@ -7,7 +7,7 @@ runs the same stage bodies with the validated :class:`~modgraph.options.Options`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -46,6 +46,7 @@ def find_modules(
     output: Callable[[Any], torch.Tensor] | None = None,
     output_basis: str = "identity",
     progress: bool | None = None,
+    positions: Sequence[int] | None = None,
 ) -> ModuleResult:
     """Find the modules of a trained network (arXiv 2405.10927).
 
@@ -83,7 +84,7 @@ def find_modules(
         Seed of the Leiden restarts and of random sources.
     n_alpha : int
         Quadrature points of the integrated gradient (1: gradient × input).
-    rtol, batch_size, n_random_sources, dtype, device, output, output_basis, progress
+    rtol, batch_size, n_random_sources, dtype, device, output, output_basis, progress, positions
         As for :func:`interaction_basis`.
 
     Returns

@@ -20,7 +20,7 @@ elementwise shortcut ``M' = Wᵀ (A ∘ E[σ'σ'ᵀ]) W`` where it applies, batc
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -296,6 +296,7 @@ def interaction_basis(
     output_basis: str = "identity",
     seed: int = 0,
     progress: bool | None = None,
+    positions: Sequence[int] | None = None,
 ) -> dict[str, InteractionBasis]:
     """Compute the interaction basis of every node layer of ``model`` on ``data``.
 
@@ -335,6 +336,9 @@ def interaction_basis(
         Seed of the random sources.
     progress : bool, optional
         Show tqdm progress bars (default: when stderr is a terminal).
+    positions : list of int, optional
+        Analyse only these positions of node layers with positions (flat indices into the
+        positions axes, negative allowed: ``[-1]`` is the last token). Default: all.
 
     Returns
     -------

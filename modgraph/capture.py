@@ -149,6 +149,15 @@ class Tracer:
 
         return hook
 
+    def _rows(self, name: str, a: torch.Tensor) -> torch.Tensor:
+        """A detached copy of node layer ``name``'s activations as rows ``(batch · P, d)``: one
+        row per sample and analysed position (:class:`~modgraph.plan.Layout`)."""
+        layout = self.plan.layouts.get(name)
+        a = a.detach()
+        if layout is None or (not layout.positions and a.ndim == 2):
+            return a.clone()
+        return layout.rows(a).reshape(-1, self.plan.dims[name]).clone()
+
     def _hook(self, name: str) -> Callable[..., Any]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             a = args[0]
@@ -163,7 +172,7 @@ class Tracer:
                 result = ((a.clone(), *args[1:]), kwargs)
             if name in self._record:
                 # a copy, not the live tensor, which forward may still change in place
-                self._store[name] = a.detach().clone() if self._detach else a
+                self._store[name] = self._rows(name, a) if self._detach else a
             if name == self._stop:
                 raise _StopForward
             return result
@@ -180,7 +189,9 @@ class Tracer:
         detach: bool = True,
         replace_output: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """One forward pass; returns the recorded node-layer inputs (``"output"`` included).
+        """One forward pass; returns the recorded node-layer inputs (``"output"`` included):
+        with ``detach`` as rows ``(batch · P, d)`` (one per sample and analysed position),
+        otherwise the live tensors in the model's own layout.
 
         ``substitute[name](a)`` replaces the input of node layer ``name`` for its module only (other
         uses of the same tensor in ``forward``, such as a residual branch, still see ``a``); the
@@ -202,7 +213,8 @@ class Tracer:
         else:
             if self.plan.output in self._record:
                 out = select_tensor(raw, self.plan.select_output)
-                self._store[self.plan.output] = out.detach() if detach else out
+                name = self.plan.output
+                self._store[name] = self._rows(name, out) if detach else out
         finally:
             self._substitute, self._replace_output = {}, {}
             self._stop = None
@@ -293,7 +305,7 @@ def session(
             raise ModgraphValueError(
                 "data yielded no batch (it is empty); pass at least one input row."
             )
-        plan = make_plan(run_model, first[:16], layers, options.output, where)
+        plan = make_plan(run_model, first[:16], layers, options.output, where, options.positions)
         with Tracer(run_model, plan) as tracer:
             yield Session(
                 model=run_model,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -118,6 +118,30 @@ def _junction_edges(section: Section, src: _LayerTensors, dst: _LayerTensors) ->
     return gamma.square() * src.eigenvalues[None, :]
 
 
+def _edge_cotangents(
+    C_next: torch.Tensor,
+    batch: int,
+    n_positions: int,
+    n_sources: int | None,
+    gen: torch.Generator | None,
+) -> torch.Tensor:
+    """Cotangents ``(k'·m, B, P', d')`` for the edges: for every target feature ``i``, one per
+    output position (``m = P'``), or ``m = R`` random-sign combinations of the output positions
+    ``Σ_t φ_t e_t ⊗ c_i / √R`` (used when ``n_sources`` is set and ``P' > 1``)."""
+    d_next, k = C_next.shape
+    if n_sources is None or n_positions == 1:  # one per (i, t), i outer
+        eye = torch.eye(n_positions, dtype=C_next.dtype, device=C_next.device)
+        cot = torch.einsum("dk,tu->ktud", C_next, eye).reshape(-1, 1, n_positions, d_next)
+        return cot.expand(-1, batch, n_positions, d_next)
+    assert gen is not None
+    bits = torch.randint(
+        0, 2, (k, n_sources, batch, n_positions), generator=gen, device=C_next.device
+    )
+    phi = (2.0 * bits - 1.0).to(torch.float64) / n_sources**0.5
+    cot = phi[..., None] * C_next.T[:, None, None, None, :]  # (k', R, B, P', d')
+    return cot.reshape(k * n_sources, batch, n_positions, d_next)
+
+
 def _autograd_edges(
     sess: Session,
     section: Section,
@@ -125,30 +149,45 @@ def _autograd_edges(
     dst: _LayerTensors,
     alphas: np.ndarray,
     weights: np.ndarray,
+    n_sources: int | None = None,
+    gen: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """E for a general section by batched VJPs (one per target feature) at each α."""
+    """E for a general section by batched VJPs at each α: one per target feature and output
+    position (or random-sign combinations of the output positions), in rows space, so that
+    ``Σ_s Γ_{t,s} f̂_s`` is a sum over the source rows of one sample."""
     k_next, k = dst.C.shape[1], src.C.shape[1]
     total = torch.zeros((k_next, k), dtype=torch.float64, device=sess.device)
     if k_next == 0 or k == 0:
         return total
-    d = sess.plan.dims[section.source]
-    rows = chunk_rows(k_next, max(d, sess.plan.dims[section.target], k), sess.batch_size)
-    cot = dst.C.T[:, None, :]
+    plan = sess.plan
+    src_layout = plan.layouts[section.source]
+    P, P_next = src_layout.n_positions, plan.layouts[section.target].n_positions
+    per_feature = n_sources if (n_sources is not None and P_next > 1) else P_next
+    n_vec = k_next * per_feature
+    d = plan.dims[section.source]
+    width = max(d * P, plan.dims[section.target] * P_next, k * P)
+    rows = chunk_rows(n_vec, width, sess.batch_size)
 
     def cotangent(b: int) -> torch.Tensor:
-        return cot.expand(k_next, b, cot.shape[-1])
+        return _edge_cotangents(dst.C, b, P_next, n_sources, gen)
 
+    # the mean in the source's own layout (channels first: one value per channel)
+    raw_mean = (
+        src.mean.reshape(-1, *([1] * len(src_layout.positions)))
+        if src_layout.channels_first
+        else src.mean
+    )
     linear = narrowing_linear(sess, section)
     # through a narrowing Linear: Γ = (∂f̂'/∂z) (W C⁺ᵀ), with the VJPs d_out wide instead of d
     folded = None if linear is None else linear.weight.detach().to(torch.float64) @ src.C_pinv.T
-    count = 0
+    count = 0  # output rows: samples × analysed output positions
     for x in sess.batches(f"edges {section.source}", rows):
-        count += x.shape[0]
+        count += x.shape[0] * P_next
         grad_a = grad_z = a = None
         for alpha, w in zip(alphas, weights):
 
             def point(v: torch.Tensor, alpha: float = float(alpha)) -> torch.Tensor:
-                return (src.mean + alpha * (v.to(torch.float64) - src.mean)).to(v.dtype)
+                return (raw_mean + alpha * (v.to(torch.float64) - raw_mean)).to(v.dtype)
 
             a, g_a, g_z = section_vjp(
                 sess,
@@ -167,39 +206,54 @@ def _autograd_edges(
         if grad_a is None and grad_z is None:
             continue
         assert a is not None
-        f = (a.to(torch.float64) - src.mean) @ src.C  # (B, k)
-        gamma = grad_z @ folded if grad_z is not None else 0.0  # (k', B, k)
+        f = (a.to(torch.float64) - src.mean) @ src.C  # (B, P, k)
+        gamma = grad_z @ folded if grad_z is not None else 0.0  # (n, B, P, k)
         if grad_a is not None:
             gamma = gamma + grad_a @ src.C_pinv.T
         assert isinstance(gamma, torch.Tensor)
-        gamma.square_()
-        gamma *= f.square()[None]
-        total += gamma.sum(1)
+        if P == 1:  # one source position: (Γ f)² = Γ² f², without the (n, B, 1, k) product
+            gamma = gamma[:, :, 0]
+            gamma.square_()
+            gamma *= f[:, 0].square()[None]
+        else:
+            gamma = (gamma * f[None]).sum(2).square_()  # (Σ_s Γ_{t,s} f̂_s)², (n, B, k)
+        total += gamma.reshape(k_next, -1, k).sum(1)
     return total / max(count, 1)
 
 
 def compute_edges(
-    sess: Session, bases: Mapping[str, InteractionBasis], *, n_alpha: int
+    sess: Session,
+    bases: Mapping[str, InteractionBasis],
+    *,
+    n_alpha: int,
+    n_sources: int | None = None,
+    seed: int = 0,
 ) -> dict[tuple[str, str], np.ndarray]:
     """``E`` for every section: one shared pass for the elementwise sections with a
-    nonlinearity, none for junctions, one autograd pass per other section."""
+    nonlinearity (per row: a sample at one position), none for junctions, one autograd pass per
+    other section (with ``n_sources`` random-sign combinations of output positions where a
+    target has several)."""
     tensors = {n: _LayerTensors(b, sess.device) for n, b in bases.items()}
     alphas, weights = quadrature(n_alpha)
     sections = sess.plan.sections
     shared = [s for s in sections if s.elementwise and s.activation is not None]
     sums: dict[tuple[str, str], torch.Tensor] = {}
-    n = 0
+    rows: dict[tuple[str, str], int] = {}
     if shared:
         with torch.no_grad():
             for x in sess.batches("edges (elementwise)"):
                 acts = sess.tracer.run(x, record=[s.source for s in shared])
-                n += x.shape[0]
                 for s in shared:
                     part = _elementwise_edges_batch(
                         s, acts[s.source], tensors[s.source], tensors[s.target], alphas, weights
                     )
                     key = (s.source, s.target)
                     sums[key] = sums[key] + part if key in sums else part
+                    rows[key] = rows.get(key, 0) + acts[s.source].shape[0]
+    gen = None
+    if n_sources is not None:
+        gen = torch.Generator(device=sess.device)
+        gen.manual_seed(seed)
     out: dict[tuple[str, str], np.ndarray] = {}
     for s in sections:
         key = (s.source, s.target)
@@ -207,9 +261,9 @@ def compute_edges(
         if s.elementwise and s.activation is None:
             E = _junction_edges(s, src, dst)
         elif s.elementwise:
-            E = sums[key] / n
+            E = sums[key] / rows[key]
         else:
-            E = _autograd_edges(sess, s, src, dst, alphas, weights)
+            E = _autograd_edges(sess, s, src, dst, alphas, weights, n_sources, gen)
         out[key] = E.cpu().numpy()
     return out
 
@@ -296,7 +350,13 @@ def measure_graph(
                         f"bases[{name!r}] has width {b.d} but the model's layer has "
                         f"{sess.plan.dims[name]}; compute bases on this model."
                     )
-        edges = compute_edges(sess, bases, n_alpha=options.n_alpha)
+        edges = compute_edges(
+            sess,
+            bases,
+            n_alpha=options.n_alpha,
+            n_sources=options.n_random_sources,
+            seed=options.seed,
+        )
     return build_graph(bases, edges, options)
 
 
@@ -322,6 +382,7 @@ def interaction_graph(
     output_basis: str = "identity",
     seed: int = 0,
     progress: bool | None = None,
+    positions: Sequence[int] | None = None,
 ) -> InteractionGraph:
     """Interaction strengths between the features of adjacent node layers.
 
@@ -341,7 +402,7 @@ def interaction_graph(
         Interaction tolerance ``ε`` of the degeneracy cost. Default ``τ · tr Cov(output)``.
     tau : float
         ``τ`` of the default ε.
-    batch_size, dtype, device, output, progress
+    batch_size, dtype, device, output, progress, positions
         As for :func:`interaction_basis`.
 
     Returns

@@ -102,15 +102,21 @@ def cotangents(
     batch: int,
     n_sources: int | None,
     gen: torch.Generator | None,
+    n_positions: int = 1,
 ) -> torch.Tensor:
-    """Cotangents for batched VJPs, shape (k, batch, d_next): one per next-layer feature, or
-    ``R`` random-sign combinations ``Σ_k φ_rk c_k / √R`` when ``n_sources`` is set."""
-    k = basis_next.shape[1]
+    """Cotangents for batched VJPs in rows space, shape ``(n, batch, P', d_next)``: one per
+    (output position, next-layer feature) pair (``n = P'·k``), or ``R`` random-sign
+    combinations ``Σ_{t,k} φ_{r,t,k} e_t ⊗ c_k / √R`` of them when ``n_sources`` is set."""
+    d_next, k = basis_next.shape
     if n_sources is None:
-        return basis_next.T[:, None, :].expand(k, batch, basis_next.shape[0])
+        if n_positions == 1:
+            return basis_next.T[:, None, None, :].expand(k, batch, 1, d_next)
+        eye = torch.eye(n_positions, dtype=basis_next.dtype, device=basis_next.device)
+        cot = torch.einsum("tu,dk->tkud", eye, basis_next).reshape(-1, 1, n_positions, d_next)
+        return cot.expand(-1, batch, n_positions, d_next)
     assert gen is not None
-    phi = _sign_vectors(gen, n_sources, batch, k, basis_next.device)
-    return phi @ basis_next.T
+    phi = _sign_vectors(gen, n_sources, batch, n_positions * k, basis_next.device)
+    return phi.reshape(n_sources, batch, n_positions, k) @ basis_next.T
 
 
 def _leaf(a: torch.Tensor) -> torch.Tensor:
@@ -151,16 +157,21 @@ def section_vjp(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Batched VJPs of one section: ``cotangent(B)[i] · ∂a_{l+1}/∂a_l`` for every row of ``x``.
 
-    The forward stops at the target node layer; gradients stop at the source node layer. The
-    source module sees ``point(a_l)`` (default ``a_l``); paths that bypass it (residual branches)
-    are differentiated at ``a_l`` itself. Returns the source activations ``(B, d)``, the VJPs
-    ``(n, B, d)`` with respect to ``a_l``, and ``None``; with ``at_output`` (the source module
-    is an ``nn.Linear``), the VJPs with respect to ``a_l`` cover only the bypass paths and the
-    third value holds the VJPs ``(n, B, d_out)`` with respect to the Linear's output ``z``, so
-    that ``∂/∂a_l = (∂/∂z) W + bypass``. ``None`` stands for "no dependence".
+    Everything is in rows space (:class:`~modgraph.plan.Layout`): ``cotangent(B)`` is
+    ``(n, B, P', d_{l+1})`` over the analysed positions of the target, and the results are
+    ``(…, B, P, d)`` over those of the source, so the sum over input positions ``s`` of
+    ``J_{t,s}`` is one row per ``s``. The forward stops at the target node layer; gradients
+    stop at the source node layer. The source module sees ``point(a_l)`` (default ``a_l``);
+    paths that bypass it (residual branches) are differentiated at ``a_l`` itself. Returns
+    the source activations ``(B, P, d)``, the VJPs ``(n, B, P, d)`` with respect to ``a_l``,
+    and ``None``; with ``at_output`` (the source module is an ``nn.Linear``), the VJPs with
+    respect to ``a_l`` cover only the bypass paths and the third value holds the VJPs
+    ``(n, B, P, d_out)`` with respect to the Linear's output ``z``, so that
+    ``∂/∂a_l = (∂/∂z) W + bypass``. ``None`` stands for "no dependence".
     """
     first = sess.plan.names[0]
     src, dst = section.source, section.target
+    src_layout, dst_layout = sess.plan.layouts[src], sess.plan.layouts[dst]
 
     def moved(a: torch.Tensor) -> torch.Tensor:
         a = point(a) if point is not None else a
@@ -181,19 +192,21 @@ def section_vjp(
             replace_output={src: _leaf} if at_output else None,
         )
         original = sess.tracer.originals[src]
-        value = sess.tracer.original_values[src]
+        value = src_layout.rows(sess.tracer.original_values[src])
         target = store[dst]
         if not target.requires_grad:
             return value, None, None
         start = sess.tracer.outputs[src] if at_output else store[src]
         inputs = [start] + ([original] if original.requires_grad else [])
+        cot = dst_layout.unrows(cotangent(x.shape[0]), lead=2)
         grads = torch.autograd.grad(
             target,
             inputs,
-            grad_outputs=cotangent(x.shape[0]).to(target.dtype),
+            grad_outputs=cot.to(target.dtype),
             is_grads_batched=True,
             allow_unused=True,
         )
+    grads = tuple(None if g is None else src_layout.rows(g, lead=2) for g in grads)
     if at_output:
         return value, grads[1] if len(grads) > 1 else None, grads[0]
     present = [g for g in grads if g is not None]
@@ -217,9 +230,11 @@ def local_jacobian_gram(
     """
     d = sess.plan.dims[section.source]
     d_next = sess.plan.dims[section.target]
+    P = sess.plan.layouts[section.source].n_positions
+    P_next = sess.plan.layouts[section.target].n_positions
     width = d if project is None else project.shape[1]
     gram = torch.zeros((width, width), dtype=torch.float64, device=sess.device)
-    n_vec = n_sources or basis_next.shape[1]
+    n_vec = n_sources or basis_next.shape[1] * P_next
     if n_vec == 0:
         return gram
     # A narrowing source Linear: VJPs at its output z, folded in afterwards (M' = Wᵀ Σ gᵀg W),
@@ -227,18 +242,18 @@ def local_jacobian_gram(
     linear = narrowing_linear(sess, section)
     W = None if linear is None else linear.weight.detach().to(torch.float64)
     gram_z = None if W is None else W.new_zeros((W.shape[0], W.shape[0]))
-    rows = chunk_rows(n_vec, max(d, d_next), sess.batch_size)
-    n = 0
+    rows = chunk_rows(n_vec, max(d * P, d_next * P_next), sess.batch_size)
+    n = 0  # output rows: samples × analysed output positions
     arrived = False
     for x in sess.batches(f"jacobian {section.source}", rows):
         a, g_a, g_z = section_vjp(
             sess,
             section,
             x,
-            lambda b: cotangents(basis_next, b, n_sources, gen),
+            lambda b: cotangents(basis_next, b, n_sources, gen, P_next),
             at_output=W is not None,
         )
-        n += a.shape[0]
+        n += a.shape[0] * P_next
         arrived |= g_a is not None or g_z is not None
         if g_z is not None and g_a is None:
             assert gram_z is not None
@@ -280,15 +295,19 @@ def global_jacobian_grams(
 ) -> dict[str, torch.Tensor]:
     """``M'_l = E[J_lᵀ J_l]`` with ``J_l = ∂out/∂a_l`` for every node layer, in one pass."""
     names = sess.plan.names[:-1]
-    d_out = sess.plan.dims[sess.plan.output]
+    out_name = sess.plan.output
+    d_out = sess.plan.dims[out_name]
+    layouts = sess.plan.layouts
+    P_out = layouts[out_name].n_positions
     grams = {
         n: torch.zeros((sess.plan.dims[n],) * 2, dtype=torch.float64, device=sess.device)
         for n in names
     }
-    n_vec = n_sources or d_out
-    rows = chunk_rows(n_vec, max(sess.plan.dims.values()), sess.batch_size)
+    n_vec = n_sources or d_out * P_out
+    widest = max(sess.plan.dims[n] * layouts[n].n_positions for n in sess.plan.names)
+    rows = chunk_rows(n_vec, widest, sess.batch_size)
     eye = torch.eye(d_out, dtype=torch.float64, device=sess.device)
-    count = 0
+    count = 0  # output rows: samples × analysed output positions
     arrived: set[str] = set()
     for x in sess.batches("jacobian (global)", rows):
         with torch.enable_grad():
@@ -300,9 +319,10 @@ def global_jacobian_grams(
                 substitute=dict.fromkeys(names, _connected),
                 detach=False,
             )
-            out = store[sess.plan.output]
+            out = store[out_name]
             used = [n for n in names if store[n].requires_grad]
-            cot = cotangents(eye, out.shape[0], n_sources, gen).to(out.dtype)
+            cot = cotangents(eye, out.shape[0], n_sources, gen, P_out)
+            cot = layouts[out_name].unrows(cot, lead=2).to(out.dtype)
             if out.requires_grad and used:
                 grads = torch.autograd.grad(
                     out,
@@ -313,15 +333,15 @@ def global_jacobian_grams(
                 )
             else:
                 grads = [None] * len(used)
-        count += out.shape[0]
+        count += out.shape[0] * P_out
         for n, g in zip(used, grads):
             if g is not None:
                 arrived.add(n)
-                g = g.reshape(-1, sess.plan.dims[n]).to(torch.float64)
+                g = layouts[n].rows(g, lead=2).reshape(-1, sess.plan.dims[n]).to(torch.float64)
                 grams[n] += g.T @ g
     lost = [n for n in names if n not in arrived]
     if lost:
-        warn_no_gradient(lost, sess.plan.output)
+        warn_no_gradient(lost, out_name)
     return {n: g / count for n, g in grams.items()}
 
 

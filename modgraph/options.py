@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,8 @@ class Options:
         How the Leiden search runs.
     hamming_tol
         How the degeneracy report groups synchronised units.
+    positions
+        Which positions of node layers with positions are analysed (flat indices; None: all).
     caller
         The public function that validated these options ("" before validation); errors raised
         below it name this function.
@@ -75,6 +77,7 @@ class Options:
     n_modules: int | None = None
     min_module_share: float | None = None
     hamming_tol: int | float = 0
+    positions: tuple[int, ...] | None = None
     caller: str = ""
 
     def validated(self, where: str) -> Options:
@@ -144,6 +147,7 @@ class Options:
             n_modules=n_modules,
             min_module_share=share,
             hamming_tol=_check_hamming(self.hamming_tol, where),
+            positions=_check_positions(self.positions, where),
             caller=where,
         )
 
@@ -162,6 +166,25 @@ class Options:
         """Names of the basis-fitting options that differ from their defaults."""
         default = Options()
         return [f for f in BASIS_FIELDS if getattr(self, f) != getattr(default, f)]
+
+
+def _check_positions(value: Any, where: str) -> tuple[int, ...] | None:
+    """``positions``: None, or a non-empty sequence of ints (flat position indices)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+        raise ModgraphTypeError(
+            f"The 'positions' parameter of {where} must be a non-empty list of ints (flat "
+            f"position indices, negative allowed, e.g. [-1] for the last token) or None. "
+            f"Got {value!r}."
+        )
+    for p in value:
+        if isinstance(p, bool) or not isinstance(p, numbers.Integral):
+            raise ModgraphTypeError(
+                f"The 'positions' parameter of {where} must hold ints; got {p!r} of type "
+                f"{type(p).__name__}."
+            )
+    return tuple(int(p) for p in value)
 
 
 def _check_hamming(value: Any, where: str) -> int | float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -306,6 +306,7 @@ def degeneracy_report(
     device: torch.device | str | None = None,
     output: Callable[[Any], torch.Tensor] | None = None,
     progress: bool | None = None,
+    positions: Sequence[int] | None = None,
 ) -> DegeneracyReport:
     """Measure the three sources of degeneracy of ``model`` on ``data`` (METHOD §1).
 
@@ -335,6 +336,9 @@ def degeneracy_report(
         Picks the Tensor to analyse from the model's return value.
     progress : bool, optional
         Show progress bars (default: when stderr is a terminal).
+    positions : list of int, optional
+        Analyse only these positions of node layers with positions (flat indices into the
+        positions axes, negative allowed: ``[-1]`` is the last token). Default: all.
 
     Returns
     -------
