@@ -190,8 +190,8 @@ def consumed_only_by(sess: Session, linear: nn.Linear, dst: str, probe: torch.Te
     """
     with torch.no_grad():
         out = sess.plan.output
-        ref = sess.tracer.run(probe, record=(dst, out))
-        kept, out0 = ref[dst], ref[out]
+        ref = sess.tracer.run(probe, record=(dst, out), detach=False)  # raw layouts
+        kept, out0 = ref[dst].detach().clone(), ref[out].detach().clone()
         gen = torch.Generator().manual_seed(0)
 
         def perturb(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
@@ -201,10 +201,12 @@ def consumed_only_by(sess: Session, linear: nn.Linear, dst: str, probe: torch.Te
 
         handle = linear.register_forward_hook(perturb)
         try:
-            moved = sess.tracer.run(probe, record=(out,), substitute={dst: lambda a: kept})
+            moved = sess.tracer.run(
+                probe, record=(out,), substitute={dst: lambda a: kept}, detach=False
+            )
         finally:
             handle.remove()
-        out1 = moved[out]
+        out1 = moved[out].detach()
     eps = torch.finfo(out0.dtype).eps if out0.is_floating_point() else EPS64
     tol = 1e3 * eps * (float(out0.abs().max()) + 1e-30)
     return bool(out1.shape == out0.shape and float((out1 - out0).abs().max()) <= tol)
