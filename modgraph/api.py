@@ -35,6 +35,7 @@ def find_modules(
     epsilon: float | None = None,
     tau: float = 1e-4,
     variant: str = "local",
+    basis: str = "interaction",
     n_restarts: int = 8,
     seed: int = 0,
     n_alpha: int = 1,
@@ -78,6 +79,10 @@ def find_modules(
         ``τ`` of the default ε.
     variant : {"local", "global"}
         Interaction-basis variant.
+    basis : {"interaction", "pca", "neuron"}
+        ``"interaction"`` (default): the interaction basis. For comparisons, the same graph in
+        a baseline basis of every hidden layer: ``"pca"`` (covariance eigenvectors, unscaled) or
+        ``"neuron"`` (the neurons themselves); no Jacobian pass is needed for these.
     n_restarts : int
         Leiden runs (seeds derived from ``seed``); the best by ``Q_deg`` is kept.
     seed : int

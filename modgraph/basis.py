@@ -71,6 +71,10 @@ class InteractionBasis:
         ``"local"`` or ``"global"``.
     rtol : float
         Relative eigenvalue tolerance used for both cuts.
+    kind : str
+        ``"interaction"`` (the interaction basis), or a baseline for comparison: ``"pca"``
+        (``C = U``, the covariance eigenvectors above the cut, unscaled: ``Λ = D``) or
+        ``"neuron"`` (``C = I``, every neuron: ``Λ`` the neurons' variances).
     """
 
     layer: str
@@ -83,6 +87,7 @@ class InteractionBasis:
     n_samples: int
     variant: str
     rtol: float
+    kind: str = "interaction"
 
     @property
     def d(self) -> int:
@@ -175,6 +180,7 @@ def _basis(
     *,
     variant: str,
     rtol: float,
+    kind: str = "interaction",
 ) -> InteractionBasis:
     """The frozen :class:`InteractionBasis` from ``(C, C⁺, Λ, eig G, eig M)`` as tensors."""
     C, C_pinv, lam, gram_eigenvalues, M_eig = (readonly(a) for a in arrays)
@@ -189,6 +195,7 @@ def _basis(
         n_samples=moments.n,
         variant=variant,
         rtol=rtol,
+        kind=kind,
     )
 
 
@@ -211,6 +218,23 @@ def _fit_output(
     return _basis(name, moments, arrays, variant=variant, rtol=rtol), C
 
 
+def _fit_baseline(
+    name: str, moments: Moments, *, kind: str, rtol: float, variant: str
+) -> InteractionBasis:
+    """A baseline basis of a hidden node layer, for comparisons: ``"pca"`` (the covariance
+    eigenvectors above the cut, unscaled) or ``"neuron"`` (the identity)."""
+    gram_eigenvalues, U, D = covariance_cut(moments, rtol)
+    if kind == "pca":
+        C = _fix_signs(U)
+        lam = D
+    else:
+        cov = moments.cov
+        C = torch.eye(cov.shape[0], dtype=torch.float64, device=cov.device)
+        lam = torch.diagonal(cov).clone()
+    arrays = (C, C.T.clone(), lam, gram_eigenvalues, gram_eigenvalues.new_zeros(0))
+    return _basis(name, moments, arrays, variant=variant, rtol=rtol, kind=kind)
+
+
 def fit_bases(sess: Session, stats: Statistics, options: Options) -> dict[str, InteractionBasis]:
     """All interaction bases, from the output backwards (one autograd pass per non-elementwise
     section in the local variant; one pass in total in the global variant), after the
@@ -230,6 +254,12 @@ def fit_bases(sess: Session, stats: Statistics, options: Options) -> dict[str, I
         variant=variant,
     )
     bases = {plan.output: out_basis}
+    if options.basis != "interaction":  # a baseline: no Jacobians, every layer on its own
+        for name in plan.names[:-1]:
+            bases[name] = _fit_baseline(
+                name, stats.moments[name], kind=options.basis, rtol=rtol, variant=variant
+            )
+        return {name: bases[name] for name in plan.names}
     global_grams = None
     if variant == "global":
         global_grams = global_jacobian_grams(sess, n_sources=n_sources, gen=gen)
@@ -263,7 +293,8 @@ def fit_bases(sess: Session, stats: Statistics, options: Options) -> dict[str, I
 
 def measure_statistics(sess: Session, options: Options) -> Statistics:
     """The first pass: moments, and co-activation Grams when the local variant needs them."""
-    return accumulate_statistics(sess, coactivation=options.variant == "local")
+    need = options.variant == "local" and options.basis == "interaction"
+    return accumulate_statistics(sess, coactivation=need)
 
 
 def _measure_bases(
@@ -287,6 +318,7 @@ def interaction_basis(
     layers: Iterable[str] | None = None,
     *,
     variant: str = "local",
+    basis: str = "interaction",
     rtol: float = 1e-10,
     batch_size: int = 256,
     n_random_sources: int | None = None,
@@ -316,6 +348,10 @@ def interaction_basis(
     variant : {"local", "global"}
         ``"local"``: the Jacobian to the next layer's features (arXiv 2405.10928). ``"global"``:
         the Jacobian to the model output.
+    basis : {"interaction", "pca", "neuron"}
+        ``"interaction"`` (default): the interaction basis. For comparisons, the same graph in
+        a baseline basis of every hidden layer: ``"pca"`` (covariance eigenvectors, unscaled) or
+        ``"neuron"`` (the neurons themselves); no Jacobian pass is needed for these.
     rtol : float in (0, 1)
         An eigenvalue (of the covariance or of ``M``) counts as zero below ``rtol × largest``.
     batch_size : int

@@ -373,6 +373,7 @@ def interaction_graph(
     epsilon: float | None = None,
     tau: float = 1e-4,
     variant: str = "local",
+    basis: str = "interaction",
     rtol: float = 1e-10,
     batch_size: int = 256,
     n_random_sources: int | None = None,
@@ -392,9 +393,11 @@ def interaction_graph(
         As for :func:`interaction_basis`.
     bases : dict of str to InteractionBasis, optional
         Bases from :func:`interaction_basis` on the same model (their layers are used). Default:
-        computed here with ``layers``, ``variant``, ``rtol``, ``n_random_sources``, ``seed``,
-        ``output_basis``. These five options only apply then: passing one of them with a value
-        other than its default together with ``bases`` raises a ``ModgraphValueError``.
+        computed here with ``layers``, ``variant``, ``basis``, ``rtol``, ``n_random_sources``,
+        ``seed``, ``output_basis`` (see :func:`interaction_basis`; ``basis="pca"`` or
+        ``"neuron"`` gives the same graph in a baseline basis, for comparisons). These six
+        options only apply then: passing one of them with a value other than its default
+        together with ``bases`` raises a ``ModgraphValueError``.
     n_alpha : int
         1: gradient × input at α = 1 (default, as in all published runs); more: Gauss–Legendre
         quadrature of the integrated gradient from the mean.

@@ -33,7 +33,7 @@ __all__ = ["Options"]
 
 #: The options that only matter while bases are fitted (``interaction_graph`` with ``bases=``
 #: given has no use for them).
-BASIS_FIELDS = ("variant", "rtol", "n_random_sources", "output_basis", "seed")
+BASIS_FIELDS = ("variant", "basis", "rtol", "n_random_sources", "output_basis", "seed")
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ class Options:
     ----------
     batch_size, dtype, device, output, progress
         How the model is run and the data streamed.
-    variant, rtol, n_random_sources, output_basis, seed
-        How the interaction bases are fitted (``seed`` also seeds the Leiden restarts).
+    variant, basis, rtol, n_random_sources, output_basis, seed
+        How the bases are fitted (``seed`` also seeds the Leiden restarts and random sources).
     n_alpha, epsilon, tau
         How interaction strengths and their tolerance are measured.
     resolution, n_restarts, n_modules, min_module_share
@@ -65,6 +65,7 @@ class Options:
     output: Callable[[Any], torch.Tensor] | None = None
     progress: bool | None = None
     variant: str = "local"
+    basis: str = "interaction"
     rtol: float = 1e-10
     n_random_sources: int | None = None
     output_basis: str = "identity"
@@ -98,6 +99,7 @@ class Options:
             )
         check_progress(self.progress, where)
         check_choice(self.variant, "variant", where, ("local", "global"))
+        check_choice(self.basis, "basis", where, ("interaction", "pca", "neuron"))
         rtol = check_float(self.rtol, "rtol", where, low=0.0, high=1.0)
         check_int(self.n_random_sources, "n_random_sources", where, minimum=1, allow_none=True)
         check_choice(self.output_basis, "output_basis", where, ("identity", "pca"))
