@@ -274,6 +274,18 @@ class Session:
 
 
 @contextlib.contextmanager
+def _attention_fast_path(enabled: bool) -> Iterator[None]:
+    """Set torch's fused fast path of nn.MultiheadAttention / nn.TransformerEncoderLayer (it
+    skips submodule calls, so node layers inside would never be seen); restore it on exit."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
+@contextlib.contextmanager
 def session(
     model: nn.Module, data: Any, layers: Iterable[str] | None, options: Options
 ) -> Iterator[Session]:
@@ -297,6 +309,7 @@ def session(
         torch.inference_mode(False),
         torch.autograd.set_detect_anomaly(False),
         torch.no_grad(),
+        _attention_fast_path(False),
     ):
         run_model, run_dtype, run_device = _compute_model(model, options.dtype, options.device)
         batches = iter_batches(data, options.batch_size, device=run_device, dtype=run_dtype)

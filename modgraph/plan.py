@@ -172,6 +172,8 @@ class Plan:
 
 
 def select_tensor(output: Any, select_output: Callable[[Any], torch.Tensor] | None) -> torch.Tensor:
+    """The Tensor to analyse from the model's return value: ``select_output(output)`` or the
+    value itself (for a Hugging Face model, ``output=lambda o: o.logits``)."""
     if select_output is not None:
         output = select_output(output)
     if not isinstance(output, torch.Tensor):

@@ -187,7 +187,8 @@ def test_models_returning_tuples_or_dicts(stage, kind):
         stage(Multi(), X, output="logits")
 
 
-def test_sequence_activations_are_refused_clearly(stage):
+def test_sequence_activations_are_analysed(stage):
+    # (issue 13 lifted the refusal this test used to pin: positions are now analysed)
     class Seq(nn.Module):
         def __init__(self):
             super().__init__()
@@ -196,8 +197,11 @@ def test_sequence_activations_are_refused_clearly(stage):
         def forward(self, x):
             return self.fc(x).sum(1)
 
-    with pytest.raises(ValueError, match=r"shape \(16, 5, 4\).*Sequence models"):
-        stage(Seq(), torch.randn(32, 5, 4, dtype=torch.float64))
+    x = torch.randn(32, 5, 4, dtype=torch.float64)
+    result = stage(Seq(), x)
+    basis = (result if isinstance(result, dict) else result.bases)["fc"]
+    assert basis.d == 4 and basis.n_samples == 32 * 5  # rows: samples × positions
+    np.testing.assert_allclose(basis.mean, x.reshape(-1, 4).mean(0).numpy(), rtol=1e-12)
 
 
 # ------------------------------------------------------------------ parameters
