@@ -50,8 +50,8 @@ class Options:
         How interaction strengths and their tolerance are measured.
     resolution, n_restarts, n_modules, min_module_share
         How the Leiden search runs.
-    hamming_tol
-        How the degeneracy report groups synchronised units.
+    hamming_tol, attention_tol
+        How the degeneracy report groups synchronised units and attention heads.
     positions
         Which positions of node layers with positions are analysed (flat indices; None: all).
     caller
@@ -78,6 +78,7 @@ class Options:
     n_modules: int | None = None
     min_module_share: float | None = None
     hamming_tol: int | float = 0
+    attention_tol: float = 1e-6
     positions: tuple[int, ...] | None = None
     caller: str = ""
 
@@ -149,6 +150,9 @@ class Options:
             n_modules=n_modules,
             min_module_share=share,
             hamming_tol=_check_hamming(self.hamming_tol, where),
+            attention_tol=check_float(
+                self.attention_tol, "attention_tol", where, low=0.0, low_open=False
+            ),
             positions=_check_positions(self.positions, where),
             caller=where,
         )

@@ -411,3 +411,42 @@ def test_bad_model_and_data_name_the_parameter():
         degeneracy_report("model", _data(20, 3, seed=0))  # type: ignore[arg-type]
     with pytest.raises(ModgraphTypeError, match="'data'"):
         degeneracy_report(mlp([3, 4, 2]), iter([_data(20, 3, seed=0)]))
+
+
+def test_attention_heads_that_attend_alike_are_grouped():
+    """Heads 0 and 2 share their query and key maps, so their patterns agree on every input;
+    heads 1 and 3 differ. The report groups {0, 2}, with differences matching a brute force."""
+    torch.manual_seed(0)
+    d, H = 8, 4
+    attention = nn.MultiheadAttention(d, H, batch_first=True, dtype=torch.float64)
+    with torch.no_grad():
+        W = attention.in_proj_weight  # rows: q (d), k (d), v (d); head h owns rows h·2:(h+1)·2
+        b = attention.in_proj_bias
+        for block in (0, d):  # queries, keys
+            W[block + 4 : block + 6] = W[block : block + 2]
+            b[block + 4 : block + 6] = b[block : block + 2]
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp = nn.Linear(d, d, dtype=torch.float64)
+            self.att = attention
+            self.head = nn.Linear(d, 3, dtype=torch.float64)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.inp(x)
+            a, _ = self.att(h, h, h, need_weights=False)
+            return self.head((h + a)[:, -1])
+
+    model = Block()
+    x = torch.randn(64, 3, d, dtype=torch.float64)
+    report = degeneracy_report(model, x, progress=False)
+    (entry,) = report.attention
+    assert entry.module == "att" and entry.n_heads == H and entry.groups == ((0, 2),)
+    with torch.no_grad():
+        h = model.inp(x)
+        _, w = attention(h, h, h, average_attn_weights=False)  # (N, H, L, S)
+    brute = (w[:, :, None] - w[:, None, :]).abs().amax(dim=(0, 3, 4)).numpy()
+    np.testing.assert_allclose(entry.max_difference, brute, atol=1e-12)
+    assert report.to_dict()["attention"][0]["groups"] == [[0, 2]]
+    assert "attention" in str(report)

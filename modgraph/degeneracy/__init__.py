@@ -28,6 +28,13 @@ algebra of the counts) and :mod:`.assemble` (the passes and the assembly). Its f
 """
 
 from .assemble import degeneracy_report
+from .attention import AttentionDegeneracy
 from .report import DegeneracyReport, LayerDegeneracy, UnitSetDegeneracy
 
-__all__ = ["DegeneracyReport", "LayerDegeneracy", "UnitSetDegeneracy", "degeneracy_report"]
+__all__ = [
+    "AttentionDegeneracy",
+    "DegeneracyReport",
+    "LayerDegeneracy",
+    "UnitSetDegeneracy",
+    "degeneracy_report",
+]

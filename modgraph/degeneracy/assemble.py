@@ -19,6 +19,7 @@ from ..jacobian import global_jacobian_grams
 from ..moments import Moments, count_kept, covariance_cut
 from ..options import Options
 from ..plan import IDENTITY, Section, is_plain_linear
+from .attention import group_heads
 from .counts import (
     Cut,
     Span,
@@ -307,6 +308,7 @@ def degeneracy_report(
     output: Callable[[Any], torch.Tensor] | None = None,
     progress: bool | None = None,
     positions: Sequence[int] | None = None,
+    attention_tol: float = 1e-6,
 ) -> DegeneracyReport:
     """Measure the three sources of degeneracy of ``model`` on ``data`` (METHOD §1).
 
@@ -339,6 +341,9 @@ def degeneracy_report(
     positions : list of int, optional
         Analyse only these positions of node layers with positions (flat indices into the
         positions axes, negative allowed: ``[-1]`` is the last token). Default: all.
+    attention_tol : float >= 0
+        Heads of an ``nn.MultiheadAttention`` whose attention weights differ by at most this
+        on every data point are reported as a group (``report.attention``).
 
     Returns
     -------
@@ -379,7 +384,7 @@ def degeneracy_report(
     with session(model, data, layers, options) as sess:
         plan = sess.plan
         sets = plan_unit_sets(sess)
-        moments = first_pass(sess, sets)
+        moments, heads = first_pass(sess, sets)
         grams = {
             name: g.detach().cpu().numpy()
             for name, g in global_jacobian_grams(sess, n_sources=None, gen=None).items()
@@ -412,6 +417,7 @@ def degeneracy_report(
         rtol=rtol,
         hamming_tol=hamming,
         hamming_points=tol_points,
+        attention=tuple(group_heads(n, d, options.attention_tol) for n, d in heads.items()),
     )
     logger.info(
         "degeneracy: %d parameters, %d free (source 1: %d, source 3: %d), %d free to second order",

@@ -19,6 +19,7 @@ from ..capture import Session
 from ..data import iter_batches
 from ..moments import Moments, add_layer_moments, warn_if_few_samples
 from ..plan import IDENTITY, Section, is_plain_linear
+from .attention import attention_patterns
 
 __all__ = [
     "Firing",
@@ -161,19 +162,22 @@ def plan_unit_sets(sess: Session) -> list[UnitSetPlan]:
     return out
 
 
-def first_pass(sess: Session, sets: list[UnitSetPlan]) -> dict[str, Moments]:
-    """Moments of every node layer and firing statistics of every ReLU-like set, one pass."""
+def first_pass(
+    sess: Session, sets: list[UnitSetPlan]
+) -> tuple[dict[str, Moments], dict[str, torch.Tensor]]:
+    """Moments of every node layer, firing statistics of every ReLU-like set, and the pairwise
+    differences of the heads of every attention module, in one pass."""
     plan = sess.plan
     moments: dict[str, Moments] = {}
     firings = [p.firing for p in sets if p.firing is not None]
-    with torch.no_grad():
+    with torch.no_grad(), attention_patterns(sess.model) as heads:
         for b, x in enumerate(sess.batches("degeneracy: moments and firing")):
             acts = sess.tracer.run(x, record=plan.names)
             add_layer_moments(moments, acts, plan, b)
             for f in firings:
                 f.add(acts[f.section.source], acts[f.section.target])
     warn_if_few_samples(moments[plan.output].n, plan.dims)
-    return moments
+    return moments, dict(heads)
 
 
 def probe_batch(sess: Session) -> torch.Tensor:

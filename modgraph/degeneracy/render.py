@@ -104,6 +104,20 @@ def render_report(report: Mapping[str, Any]) -> str:
         lines += _table(head, rows)
         if notes:
             lines += ["", "Notes on units:", *notes]
+    if report.get("attention"):
+        lines.append("")
+        rows = []
+        for a in report["attention"]:
+            sizes = ",".join(str(len(g)) for g in a["groups"]) or "-"
+            diffs = [
+                a["max_difference"][i][j]
+                for i in range(a["n_heads"])
+                for j in range(i + 1, a["n_heads"])
+            ]
+            closest = f"{min(diffs):.3g}" if diffs else "-"
+            rows.append((a["module"], str(a["n_heads"]), f"{len(a['groups'])} ({sizes})", closest))
+        head = ("attention", "heads", "groups (sizes)", "closest pair")
+        lines += _table(head, rows)
     return "\n".join(lines)
 
 

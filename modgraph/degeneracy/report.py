@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import ModgraphValueError
 from ..io import write_json
+from .attention import AttentionDegeneracy
 from .render import render_report
 
 __all__ = ["DegeneracyReport", "LayerDegeneracy", "UnitSetDegeneracy"]
@@ -207,6 +208,9 @@ class DegeneracyReport:
         As given: points (int) or a fraction of the points (float).
     hamming_points : int
         The Hamming tolerance in points.
+    attention : tuple of AttentionDegeneracy
+        Per ``nn.MultiheadAttention`` of the model, the heads whose attention patterns agree on
+        the data (synchronised, like the units of source 3); reported, not counted.
     """
 
     layers: tuple[LayerDegeneracy, ...]
@@ -216,6 +220,7 @@ class DegeneracyReport:
     rtol: float
     hamming_tol: int | float
     hamming_points: int
+    attention: tuple[AttentionDegeneracy, ...] = ()
 
     # ---------------------------------------------------------------- totals
     @property
@@ -287,6 +292,7 @@ class DegeneracyReport:
             },
             "layers": [layer.to_dict() for layer in self.layers],
             "unit_sets": [u.to_dict() for u in self.unit_sets],
+            "attention": [a.to_dict() for a in self.attention],
         }
 
     def to_json(self, path: str | os.PathLike[str]) -> None:

@@ -2,7 +2,9 @@
 
 ``python -m tests.golden.outputs`` stores them (``golden.npz`` for arrays, ``golden.json`` for
 the rest); the test recomputes them with today's code and compares to 1e-12. The stored files
-were written by the code of commit 882d230, before the architecture refactor (issue 11).
+were written by the code of commit 882d230, before the architecture refactor (issue 11); the one
+edit since is an empty ``"attention": []`` in every stored degeneracy report, the key issue 13
+added (none of these models has an attention module).
 """
 
 from __future__ import annotations
