@@ -29,6 +29,7 @@ FLOORS = {
     "io": 1,
     "options": 2,
     "data": 3,
+    "layout": 2,
     "plan": 3,  # imports io (names that cannot round-trip through GraphML)
     "capture": 4,
     "jacobian": 5,
