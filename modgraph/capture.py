@@ -243,12 +243,18 @@ class Session:
     rows: int | None = None
     """Rows of a whole pass: known from the data's size, or counted on the first full pass."""
 
-    def batches(self, desc: str, batch_size: int | None = None) -> Iterator[torch.Tensor]:
+    def batches(
+        self, desc: str, batch_size: int | None = None, *, first_row_only: bool = False
+    ) -> Iterator[torch.Tensor]:
         """Stream the data once (a fresh pass), with a progress bar when enabled.
 
         Every pass must yield the same rows: a pass that yields a different number than the
-        first raises (a one-shot or shrinking source would bias every sum silently)."""
+        first raises (a one-shot or shrinking source would bias every sum silently).
+        ``first_row_only`` yields the first row alone (for data-independent quantities)."""
         size = batch_size or self.batch_size
+        if first_row_only:  # no pass: one row of the first batch is all that is needed
+            yield next(iter(iter_batches(self.data, 1, device=self.device, dtype=self.dtype)))
+            return
         stream = iter_batches(self.data, size, device=self.device, dtype=self.dtype)
         count = 0
         for index, x in enumerate(

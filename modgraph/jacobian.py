@@ -225,6 +225,9 @@ def local_jacobian_gram(
 ) -> torch.Tensor:
     """``M' = E[Jᵀ A J]`` with ``J = ∂a_{l+1}/∂a_l``, ``A = C_{l+1} C_{l+1}ᵀ``, by batched VJPs.
 
+    A section whose Jacobian does not depend on the data (``section.constant``: a convolution
+    junction) is differentiated at one data point, with no pass over the data.
+
     With ``project (d, r)``, returns ``projectᵀ M' project`` (r, r) instead, accumulated from
     the projected VJPs: cheaper when ``r < d/2`` (activations confined to a subspace).
     """
@@ -245,7 +248,7 @@ def local_jacobian_gram(
     rows = chunk_rows(n_vec, max(d * P, d_next * P_next), sess.batch_size)
     n = 0  # output rows: samples × analysed output positions
     arrived = False
-    for x in sess.batches(f"jacobian {section.source}", rows):
+    for x in sess.batches(f"jacobian {section.source}", rows, first_row_only=section.constant):
         a, g_a, g_z = section_vjp(
             sess,
             section,

@@ -61,6 +61,11 @@ ELEMENTWISE: tuple[type[nn.Module], ...] = (
 )  # fmt: skip
 
 
+#: Convolutions whose output is linear in their input (a junction of two of them has a constant
+#: Jacobian); exact types, so a subclass that overrides ``forward`` is never mistaken for one.
+_CONVOLUTIONS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
 def is_plain_linear(module: nn.Module | None) -> bool:
     """An ``nn.Linear`` (or subclass) whose forward is ``nn.Linear.forward``: ``y = W a + b``."""
     return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
@@ -79,6 +84,9 @@ class Section:
     target: str
     linear: nn.Linear | None = None
     activation: nn.Module | None = None
+    constant: bool = False
+    """The Jacobian does not depend on the data: ``target = conv(source)`` exactly (a
+    convolution junction, 1×1 convolutions included), or a Linear junction."""
 
     @property
     def elementwise(self) -> bool:
@@ -381,7 +389,7 @@ def make_plan(
         if is_plain_linear(linear) and src in by_name:
             _, _, _, z_id, z_version = by_name[src]
             if id(t) == z_id and t_version == z_version:
-                section = Section(src, dst, linear, None)
+                section = Section(src, dst, linear, None, constant=True)
             else:
                 for name, in_id, in_version, out_id, out_version in calls:
                     act = named[name]
@@ -394,6 +402,10 @@ def make_plan(
                     ):
                         section = Section(src, dst, linear, act)
                         break
+        elif type(linear) in _CONVOLUTIONS and src in by_name:
+            _, _, _, z_id, z_version = by_name[src]
+            if id(t) == z_id and t_version == z_version:  # target = conv(source), nothing between
+                section = Section(src, dst, constant=True)
         sections.append(section)
     logger.debug(
         "node layers %s; elementwise sections %s",

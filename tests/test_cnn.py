@@ -30,7 +30,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score, homogeneity_score
 from torch import nn
 
-from modgraph import ModuleResult, find_modules
+from modgraph import ModuleResult, find_modules, interaction_basis
 from tests.blocks import match_features
 
 F64 = torch.float64
@@ -234,3 +234,50 @@ def test_permuted_hidden_channels_give_the_same_modules(planted):
     assert adjusted_rand_score(m, m_twin) == 1.0
     np.testing.assert_array_equal(m < 0, m_twin < 0)
     assert result_twin.score == pytest.approx(result.score, abs=1e-9)
+
+
+class _Conv2d(nn.Conv2d):
+    """A Conv2d subclass modgraph does not take for a plain convolution: the autograd path."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)
+
+
+def _junction_net(conv: type[nn.Conv2d]) -> nn.Module:
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        conv(2, 3, 3, padding=1, dtype=torch.float64),  # conv → conv: a junction
+        conv(3, 3, 1, dtype=torch.float64),  # 1×1
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 16, 2, dtype=torch.float64),
+    )
+    return net
+
+
+def test_a_convolution_junction_needs_no_pass_over_the_data():
+    """conv → conv: the Jacobian does not depend on the data, so M' comes from one data point;
+    the result equals the autograd pass over every point."""
+    x = torch.randn(200, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    class Counting:
+        """Counts the batches read."""
+
+        def __init__(self) -> None:
+            self.batches = 0
+
+        def __iter__(self):
+            for batch in x.split(50):
+                self.batches += 1
+                yield batch
+
+    layers = ["0", "1", "4"]
+    fast_data, slow_data = Counting(), Counting()
+    fast = interaction_basis(_junction_net(nn.Conv2d), fast_data, layers=layers, progress=False)
+    slow = interaction_basis(_junction_net(_Conv2d), slow_data, layers=layers, progress=False)
+    for name in fast:
+        np.testing.assert_allclose(
+            fast[name].eigenvalues, slow[name].eigenvalues, rtol=1e-9, err_msg=name
+        )
+    # the autograd pass over the junction reads all 4 batches; the shortcut reads one
+    assert slow_data.batches - fast_data.batches == 3
