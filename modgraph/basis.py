@@ -32,7 +32,12 @@ from ._arrays import eigh_desc, readonly
 from ._validate import check_model
 from .capture import Session, session
 from .errors import ModgraphValueError
-from .jacobian import elementwise_jacobian_gram, global_jacobian_grams, local_jacobian_gram
+from .jacobian import (
+    conv_elementwise_jacobian_gram,
+    elementwise_jacobian_gram,
+    global_jacobian_grams,
+    local_jacobian_gram,
+)
 from .moments import Moments, Statistics, accumulate_statistics, count_kept, covariance_cut
 from .options import Options
 from .plan import Section
@@ -274,6 +279,11 @@ def fit_bases(sess: Session, stats: Statistics, options: Options) -> dict[str, I
             elif section.elementwise:
                 Mprime = elementwise_jacobian_gram(
                     section, stats.coactivation.get(section.source), C_next
+                )
+            elif section.source in stats.site_coactivation:  # convolution → elementwise
+                site_grams, rows = stats.site_coactivation[section.source]
+                Mprime = conv_elementwise_jacobian_gram(
+                    section, site_grams, rows, C_next, plan.layouts[section.source]
                 )
             elif 2 * half.shape[1] < half.shape[0]:  # a subspace: project the VJPs first
                 return local_jacobian_gram(

@@ -27,10 +27,14 @@ import torch
 from torch import nn
 
 from .capture import Session
+from .layout import Layout
 from .plan import IDENTITY, Section, is_plain_linear
 
 __all__ = [
     "chunk_rows",
+    "conv_elementwise_jacobian_gram",
+    "conv_shortcut",
+    "conv_site_grams",
     "cotangents",
     "elementwise_derivative",
     "elementwise_jacobian_gram",
@@ -73,6 +77,59 @@ def _slope_from_output(section: Section, out: torch.Tensor) -> torch.Tensor | No
     if type(act) is nn.Sigmoid:
         return out * (1 - out)
     return None
+
+
+def conv_shortcut(section: Section, src: Layout, dst: Layout) -> bool:
+    """Whether the co-activation shortcut applies to a convolution → elementwise section: an
+    ungrouped convolution with zero or circular padding, a σ whose slope is read off its output,
+    and every position analysed."""
+    conv = section.conv
+    return (
+        conv is not None
+        and conv.groups == 1  # type: ignore[union-attr]
+        and conv.padding_mode in ("zeros", "circular")  # type: ignore[union-attr]
+        and _slope_from_output(section, torch.zeros(1)) is not None
+        and src.select is None
+        and dst.select is None
+    )
+
+
+def conv_site_grams(section: Section, out_rows: torch.Tensor, n_positions: int) -> torch.Tensor:
+    """``Σ_b σ'(z_{b,t}) σ'(z_{b,t})ᵀ`` for every output site ``t``, shape ``(P', C', C')``, from
+    the target's rows ``(B·P', C')`` of one batch."""
+    slope = _slope_from_output(section, out_rows)
+    assert slope is not None
+    per_site = slope.to(torch.float64).reshape(-1, n_positions, slope.shape[-1])
+    return torch.einsum("btc,btd->tcd", per_site, per_site)
+
+
+def conv_elementwise_jacobian_gram(
+    section: Section, site_grams: torch.Tensor, rows: int, basis_next: torch.Tensor, src: Layout
+) -> torch.Tensor:
+    """Shortcut ``M' = Σ_o K_oᵀ (A ∘ S_o) K_o`` for ``a_{l+1} = σ(conv(a_l))``.
+
+    ``J_{t,s} = diag(σ'(z_t)) K_o`` where the kernel tap ``o`` joins input site ``s`` to output
+    site ``t``, so ``E_{x,t}[Σ_s J_{t,s}ᵀ A J_{t,s}] = Σ_o K_oᵀ (A ∘ S_o) K_o`` with
+    ``S_o = E_{x,t}[m_o(t) σ'_t σ'_tᵀ]`` and ``m_o(t) = 1`` where tap ``o`` of site ``t`` reads
+    an input site (not padding): the co-activation Grams ``site_grams (P', C', C')`` summed over
+    ``rows`` output rows, weighted per tap by masks the convolution itself computes.
+    """
+    conv = section.conv
+    assert conv is not None
+    W = conv.weight.detach().to(torch.float64)  # (C', C, *kernel)
+    kernel = tuple(W.shape[2:])
+    taps = int(torch.Size(kernel).numel())
+    probe = type(conv)(1, taps, kernel, stride=conv.stride, padding=conv.padding,  # type: ignore[call-arg]
+                       dilation=conv.dilation, bias=False, padding_mode=conv.padding_mode,
+                       dtype=torch.float64, device=W.device)  # fmt: skip
+    with torch.no_grad():
+        probe.weight.copy_(torch.eye(taps, dtype=torch.float64).reshape(taps, 1, *kernel))
+        ones = torch.ones((1, 1, *src.positions), dtype=torch.float64, device=W.device)
+        masks = probe(ones).reshape(taps, -1)  # (taps, P'): 1 where the tap reads the input
+    S = torch.einsum("ot,tcd->ocd", masks, site_grams) / rows  # (taps, C', C')
+    A = basis_next @ basis_next.T
+    K = W.reshape(W.shape[0], W.shape[1], taps).permute(2, 0, 1)  # (taps, C', C)
+    return torch.einsum("oci,ocd,odj->ij", K, A[None] * S, K)
 
 
 def linear_preactivation(section: Section, a: torch.Tensor) -> torch.Tensor:

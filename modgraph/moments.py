@@ -20,7 +20,7 @@ import torch
 from ._arrays import EPS64, eigh_desc
 from .capture import Session
 from .errors import ModgraphValueError
-from .jacobian import elementwise_slope
+from .jacobian import conv_shortcut, conv_site_grams, elementwise_slope
 from .plan import Plan
 
 __all__ = [
@@ -93,6 +93,8 @@ class Statistics:
 
     moments: dict[str, Moments]
     coactivation: dict[str, torch.Tensor] = field(default_factory=dict)  # E[s sᵀ] per source
+    #: per convolution → elementwise source: Σ σ'σ'ᵀ per output site (P', C', C') and its rows
+    site_coactivation: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -153,6 +155,17 @@ def accumulate_statistics(
         if coactivation
         else []
     )
+    convs = (
+        [
+            s
+            for s in plan.sections
+            if conv_shortcut(s, plan.layouts[s.source], plan.layouts[s.target])
+        ]
+        if coactivation
+        else []
+    )
+    sites: dict[str, torch.Tensor] = {}
+    site_rows: dict[str, int] = {}
     with torch.no_grad():
         for b, x in enumerate(sess.batches(desc)):
             acts = sess.tracer.run(x, record=plan.names)
@@ -161,8 +174,14 @@ def accumulate_statistics(
                 slope = elementwise_slope(s, acts[s.source], acts[s.target]).to(torch.float64)
                 gram = slope.T @ slope
                 coact[s.source] = coact[s.source] + gram if s.source in coact else gram
+            for s in convs:
+                P_out = plan.layouts[s.target].n_positions
+                gram = conv_site_grams(s, acts[s.target], P_out)
+                sites[s.source] = sites[s.source] + gram if s.source in sites else gram
+                site_rows[s.source] = site_rows.get(s.source, 0) + acts[s.target].shape[0]
     stats = Statistics(moments=moments, coactivation={})
     stats.coactivation = {k: v / stats.n for k, v in coact.items()}
+    stats.site_coactivation = {k: (v, site_rows[k]) for k, v in sites.items()}
     warn_if_few_samples(stats.n, plan.dims)
     return stats
 

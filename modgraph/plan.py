@@ -87,6 +87,9 @@ class Section:
     constant: bool = False
     """The Jacobian does not depend on the data: ``target = conv(source)`` exactly (a
     convolution junction, 1×1 convolutions included), or a Linear junction."""
+    conv: nn.Module | None = None
+    """Set when ``target = σ(conv(source))`` exactly, with ``activation`` the elementwise σ: the
+    Jacobian is ``J_{t,s} = diag(σ'(z_t)) K_{t−s}``, which admits the co-activation shortcut."""
 
     @property
     def elementwise(self) -> bool:
@@ -406,6 +409,16 @@ def make_plan(
             _, _, _, z_id, z_version = by_name[src]
             if id(t) == z_id and t_version == z_version:  # target = conv(source), nothing between
                 section = Section(src, dst, constant=True)
+            else:
+                for name, in_id, in_version, out_id, out_version in calls:
+                    act = named[name]
+                    if (
+                        type(act) in ELEMENTWISE
+                        and (in_id, in_version) == (z_id, z_version)
+                        and (out_id, out_version) == (id(t), t_version)
+                    ):
+                        section = Section(src, dst, activation=act, conv=linear)
+                        break
         sections.append(section)
     logger.debug(
         "node layers %s; elementwise sections %s",

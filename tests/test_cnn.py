@@ -281,3 +281,42 @@ def test_a_convolution_junction_needs_no_pass_over_the_data():
         )
     # the autograd pass over the junction reads all 4 batches; the shortcut reads one
     assert slow_data.batches - fast_data.batches == 3
+
+
+@pytest.mark.parametrize(
+    "conv_kwargs",
+    [
+        {"padding": 1},
+        {"padding": 1, "padding_mode": "circular"},
+        {"padding": 2, "stride": 2, "dilation": 2},
+        {"padding": 0},
+    ],
+    ids=["zeros", "circular", "strided-dilated", "valid"],
+)
+def test_the_convolution_coactivation_shortcut_equals_autograd(conv_kwargs):
+    """conv → ReLU: M' = Σ_o K_oᵀ (A ∘ S_o) K_o from per-site co-activation Grams and padding
+    masks, no autograd pass; equal to the batched VJPs over every point and site."""
+
+    def net(conv: type[nn.Conv2d]) -> nn.Module:
+        torch.manual_seed(5)
+        return nn.Sequential(
+            conv(2, 4, 3, dtype=torch.float64, **conv_kwargs),
+            nn.ReLU(),
+            nn.Conv2d(4, 3, 1, dtype=torch.float64),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.LazyLinear(2, dtype=torch.float64),
+        )
+
+    x = torch.randn(150, 2, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    fast_net, slow_net = net(nn.Conv2d), net(_Conv2d)
+    with torch.no_grad():
+        fast_net(x[:1]), slow_net(x[:1])  # materialise the lazy Linear
+        slow_net.load_state_dict(fast_net.state_dict())
+    layers = ["0", "2", "5"]
+    fast = interaction_basis(fast_net, x, layers=layers, progress=False)
+    slow = interaction_basis(slow_net, x, layers=layers, progress=False)
+    for name in fast:
+        np.testing.assert_allclose(
+            fast[name].eigenvalues, slow[name].eigenvalues, rtol=1e-9, err_msg=name
+        )
