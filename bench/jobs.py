@@ -1,7 +1,7 @@
 """The graph-scale and edge-kernel jobs, and how any job runs (here or in a fresh subprocess).
 
-A job is a JSON-able dict with a ``"kind"`` (``pipeline``, ``graph`` or ``kernel``), the
-thread count and the matmul-rate settings; :func:`run_job` runs it in a fresh
+A job is a JSON-able dict with a ``"kind"`` (``pipeline``, ``positions``, ``graph`` or
+``kernel``), the thread count and the matmul-rate settings; :func:`run_job` runs it in a fresh
 ``python -m bench.run --job '<json>'`` process so that its peak memory is its own.
 """
 
@@ -30,6 +30,7 @@ from .baseline import mlp_sections, run_baseline
 from .meter import RATE, Meter, matmul_rate
 from .models import make_data, make_model
 from .pipeline import pipeline_job, relative_gap, run_pipeline
+from .positions import positions_job
 
 __all__ = ["ROOT", "execute", "graph_job", "kernel_job", "run_job", "synthetic_matrices"]
 
@@ -217,6 +218,7 @@ JOBS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "pipeline": pipeline_job,
     "graph": graph_job,
     "kernel": kernel_job,
+    "positions": positions_job,
 }
 
 _WARM = False

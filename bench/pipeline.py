@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +58,11 @@ def run_pipeline(
     graphml: Path | None = None,
     n_restarts: int = N_RESTARTS,
     profile: bool = False,
+    layers: Sequence[str] | None = None,
+    n_sources: int | None = None,
 ) -> dict[str, Any]:
-    """The stages of ``find_modules`` on ``model`` and ``x``, each under ``meter``; only
-    ``gram`` and ``basis`` when ``graphml`` is ``None``."""
+    """The stages of ``find_modules(model, x, layers=layers, n_random_sources=n_sources)``,
+    each under ``meter``; only ``gram`` and ``basis`` when ``graphml`` is ``None``."""
     profiles: dict[str, Any] = {}
 
     @contextlib.contextmanager
@@ -70,12 +72,13 @@ def run_pipeline(
         if prof is not None:
             profiles[name] = top_ops(prof)
 
-    options = Options(batch_size=batch_size, progress=False).validated("bench")
+    options = Options(batch_size=batch_size, progress=False, n_random_sources=n_sources)
+    options = options.validated("bench")
     out: dict[str, Any] = {"profiles": profiles}
     meter.start()
     with contextlib.ExitStack() as stack:
         with stage("gram"):
-            sess = stack.enter_context(capture.session(model, x, None, options))
+            sess = stack.enter_context(capture.session(model, x, layers, options))
             stats = mg_basis.measure_statistics(sess, options)
         with stage("basis"):
             bases = mg_basis.fit_bases(sess, stats, options)
@@ -87,11 +90,14 @@ def run_pipeline(
             ks=[bases[n].k for n in names],
             ranks=[bases[n].gram_rank for n in names],
             kinds=section_kinds(sess),
+            positions=[sess.plan.layouts[n].n_positions for n in names],
         )
         if graphml is None:
             return out
         with stage("edges"):
-            edges = interactions.compute_edges(sess, bases, n_alpha=options.n_alpha)
+            edges = interactions.compute_edges(
+                sess, bases, n_alpha=options.n_alpha, n_sources=n_sources, seed=options.seed
+            )
     with stage("graph"):
         graph = interactions.build_graph(bases, edges, options)
         n_edges = int(graph.edge_list()["weight"].shape[0])

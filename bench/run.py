@@ -32,6 +32,7 @@ import modgraph
 from .jobs import ROOT, execute, run_job
 from .models import NUMERIC_STAGES
 from .pipeline import N_RESTARTS
+from .positions import model_name
 
 __all__ = ["SIZES", "fit_exponent", "format_table", "machine_info", "main", "stage_rows"]
 
@@ -50,6 +51,9 @@ SIZES: dict[str, dict[str, Any]] = {
         "graph_edges": (10_000, 100_000, 1_000_000),
         "big_graph": 1_000_000,
         "kernel_rows": 4_000,
+        "transformer": {"n": 512, "P": 16, "d": 64, "heads": 4, "mlp": 256, "d_out": 16},
+        "cnn": {"n": 2_000, "channels": (1, 16, 16), "image": 12},
+        "random_sources": 8,
         "rate": {"n": 1024, "repeats": 5, "min_seconds": 0.2},
         "isolate": True,
     },
@@ -64,6 +68,9 @@ SIZES: dict[str, dict[str, Any]] = {
         "graph_edges": (10_000, 100_000),
         "big_graph": 100_000,
         "kernel_rows": 500,
+        "transformer": {"n": 64, "P": 16, "d": 64, "heads": 4, "mlp": 256, "d_out": 16},
+        "cnn": {"n": 500, "channels": (1, 16, 16), "image": 8},
+        "random_sources": 8,
         "rate": {"n": 1024, "repeats": 3, "min_seconds": 0.1},
         "isolate": False,
     },
@@ -78,6 +85,9 @@ SIZES: dict[str, dict[str, Any]] = {
         "graph_edges": (300,),
         "big_graph": 1_000_000,
         "kernel_rows": 50,
+        "transformer": {"n": 24, "P": 4, "d": 16, "heads": 2, "mlp": 32, "d_out": 8},
+        "cnn": {"n": 40, "channels": (1, 4, 4), "image": 4},
+        "random_sources": 3,
         "rate": {"n": 128, "repeats": 1, "min_seconds": 0.001},
         "isolate": False,
     },
@@ -150,6 +160,27 @@ def report_pipeline(res: dict[str, Any]) -> str:
             total = ["TOTAL", r["total_seconds"], r["peak_mb"], "", "", r["matmul_gflops"], ""]
             rows += stage_rows([_name(res["widths"]), res["n"], path], r["stages"], total)
     return format_table(["model", "N", "path", *STAGE_HEADERS], rows)
+
+
+def report_positions(res: dict[str, Any]) -> str:
+    """The stages of a model with positions, exact and with random sources, then the speed-up
+    of the random sources over exact."""
+    name, rows = model_name(res["spec"]), []
+    for path in ("exact", "random"):
+        r = res[path]
+        label = "exact" if path == "exact" else f"R={r['n_sources']}"
+        total = ["TOTAL", r["total_seconds"], r["peak_mb"], "", "", r["matmul_gflops"], ""]
+        rows += stage_rows([name, res["n"], label], r["stages"], total)
+    v = res["vs"]
+    speed = format_table(
+        ["x gram", "x basis", "x edges", "x total", "x total (rate-norm.)", "ΣΛ rel.err",
+         "ΣE rel.err"],
+        [[*(v["speedup"][s] for s in NUMERIC_STAGES), v["speedup_numeric"],
+          v["speedup_numeric_rate_normalised"], v["eigenvalue_sum_rel"], v["edge_sum_rel"]]],
+    )  # fmt: skip
+    table = format_table(["model", "N", "sources", *STAGE_HEADERS], rows)
+    R = res["random"]["n_sources"]
+    return f"{table}\n\nspeed-up of R={R} random sources over exact:\n{speed}"
 
 
 def report_baseline(res: dict[str, Any]) -> str:
@@ -300,8 +331,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
     parser.add_argument(
         "--only",
-        default="pipeline,scaling,graph,kernel",
-        help="comma-separated parts to run (pipeline, scaling, graph, kernel)",
+        default="pipeline,positions,scaling,graph,kernel",
+        help="comma-separated parts to run (pipeline, positions, scaling, graph, kernel)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads per job")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
@@ -369,6 +400,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "baseline" in res:
                 say("\n== 2. speed-up over the baseline (one autograd.grad per output feature) ==")
                 say(report_baseline(res))
+    if "positions" in parts:
+        results["positions"] = []
+        for model in ("transformer", "cnn"):
+            spec = {"model": model, **cfg[model]}
+            res = run("positions", spec=spec, n_sources=cfg["random_sources"])
+            results["positions"].append(res)
+            say(f"\n== 1b. node layers with positions: {model_name(spec)}, N={spec['n']} ==")
+            say(report_positions(res))
     if "scaling" in parts:
         w0 = cfg["scaling_width"]
         runs = [run("pipeline", widths=mlp(w0), n=m, paths=["shortcut"]) for m in cfg["scaling_n"]]

@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 import modgraph
-from bench import jobs, models, run
+from bench import jobs, models, positions, run
 from bench.baseline import mlp_sections, run_baseline
 from bench.pipeline import run_pipeline
 from modgraph import interactions
@@ -199,3 +199,56 @@ def test_bench_jobs_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         {"kind": "graph", "n_edges": 300, "n_restarts": 2, "threads": 1, "rate": TINY_RATE}
     )
     assert graph["n_edges"] > 100 and graph["stages"]["leiden"]["seconds"] > 0
+
+
+# --------------------------------------------------------------------------------------------
+# Node layers with positions (issue 13): the transformer and CNN rows
+# --------------------------------------------------------------------------------------------
+
+POSITION_SPECS = {  # the tiny sizes of bench.run
+    name: {"model": name, **run.SIZES["tiny"][name]} for name in ("transformer", "cnn")
+}
+
+
+@pytest.mark.parametrize("n_sources", [None, 3])
+@pytest.mark.parametrize(
+    ("name", "n"),
+    [("transformer", 24), ("cnn", 40), ("transformer", 2)],  # n=2: the projected Gram (r < d/2)
+)
+@pytest.mark.filterwarnings("ignore:only .* data points")
+def test_positions_flops_count_what_the_library_computes(
+    name: str, n: int, n_sources: int | None, tmp_path: Path
+) -> None:
+    model, x = positions.make_positions_model({**POSITION_SPECS[name], "n": n})
+    meter = FlopMeter()
+    out = run_pipeline(model, x, batch_size=16, meter=meter, graphml=tmp_path / "g",
+                       layers=type(model).LAYERS, n_sources=n_sources)  # fmt: skip
+    assert out["kinds"] == ["autograd", "autograd", "junction"]
+    P = out["positions"]
+    assert P == ([4, 4, 4, 4] if name == "transformer" else [16, 16, 1, 1])
+    if n == 2:
+        assert 2 * out["ranks"][0] < out["dims"][0]
+    sections = model.section_flops(P[0])  # type: ignore[operator]
+    parts = positions.positions_stage_flops(
+        out["dims"], out["ks"], out["ranks"], out["kinds"], P, sections, n, 16, n_sources
+    )
+    for stage in models.NUMERIC_STAGES:
+        assert parts[stage]["matmul"] == pytest.approx(meter.flops[stage], rel=1e-12), stage
+
+
+@pytest.mark.slow
+def test_positions_jobs_tiny() -> None:
+    for name, spec in POSITION_SPECS.items():
+        res = jobs.execute({"kind": "positions", "spec": spec, "n_sources": 3, "batch_size": 16,
+                            "threads": 1, "rate": TINY_RATE})  # fmt: skip
+        res = json.loads(json.dumps(res))  # the JSON rows, as bench.run writes them
+        for path in ("exact", "random"):
+            stages = res[path]["stages"]
+            for s in models.NUMERIC_STAGES:
+                assert stages[s]["seconds"] > 0 and stages[s]["gflop"] > 0, (name, path, s)
+                assert 0 < stages[s]["frac_matmul"] < 1, (name, path, s)
+            assert {"graph", "leiden", "graphml"} <= set(stages)
+        assert res["random"]["n_sources"] == 3 and res["exact"]["n_sources"] is None
+        assert set(res["vs"]["speedup"]) == set(models.NUMERIC_STAGES)
+        text = run.report_positions(res)
+        assert "R=3" in text and "exact" in text
