@@ -629,3 +629,34 @@ def test_positionwise_model_equals_flattened(variant):
     acts = position_activations(x, secs)
     ref = brute_basis_positions(acts, secs, variant=variant)
     _check_bases(g_pos.bases, ref, acts, [False] * 4)
+
+
+def test_models_built_from_torch_layers_work():
+    """nn.TransformerEncoderLayer (its attention's fast path bypasses submodules: switched off
+    inside an analysis) and a CNN with pooling and a residual block."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True).double()
+    tokens = torch.randn(96, 5, 16, dtype=torch.float64)
+    layers = ["self_attn", "linear1", "linear2"]
+    last = find_modules(layer, tokens, layers=layers, positions=[-1], progress=False)
+    assert list(last.bases) == [*layers, "output"]
+    assert last.bases["linear1"].n_samples == 96  # one position per sample
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(1, 4, 3, padding=1, dtype=torch.float64)
+            self.conv = nn.Conv2d(4, 4, 3, padding=1, dtype=torch.float64)
+            self.pool = nn.MaxPool2d(2)
+            self.fc = nn.Linear(16, 3, dtype=torch.float64)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.stem(x))
+            h = h + torch.relu(self.conv(h))  # a residual block
+            return self.fc(self.pool(h).flatten(1))
+
+    images = torch.randn(80, 1, 4, 4, dtype=torch.float64)
+    result = find_modules(Residual(), images, layers=["stem", "conv", "pool", "fc"], progress=False)
+    assert [result.bases[n].d for n in ("stem", "conv", "pool", "fc")] == [1, 4, 4, 16]
+    assert result.bases["pool"].n_samples == 80 * 16  # channels first: 4×4 sites per image
