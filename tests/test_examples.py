@@ -88,10 +88,40 @@ def test_mnist(tmp_path, capsys):
     assert number(r"(\d+) modules over", text) >= 1
 
 
-@pytest.mark.parametrize("name", ["two_tasks", "digits", "invariance", "mnist"])
+@pytest.mark.parametrize(
+    "name", ["two_tasks", "digits", "invariance", "mnist", "cnn", "modular_addition"]
+)
 def test_help_and_defaults(name, capsys):
     module = load(name)
     with pytest.raises(SystemExit) as exc:
         module.main(["--help"])
     assert exc.value.code == 0
     assert "--quick" in capsys.readouterr().out
+
+
+def test_cnn(tmp_path, capsys):
+    text = run("cnn", tmp_path, capsys)
+    assert_pngs(tmp_path, ["modules.png", "module_map.png", "features.png", "channels.png"])
+    assert number(r"held-out test accuracy ([\d.]+)", text) >= 0.9, text
+    assert number(r"(\d+) modules over", text) >= 1, text
+    # the convolutions are node layers whose features are channels (1 image channel, 8 of conv1)
+    assert re.search(r"conv1: 1/1, conv2: \d/8, fc1: \d+/128", text), text
+    assert "channel shares of the modules' conv2 features" in text, text
+
+
+def test_modular_addition(tmp_path, capsys):
+    text = run("modular_addition", tmp_path, capsys)
+    assert_pngs(
+        tmp_path,
+        ["modules.png", "modules_last.png", "module_map.png", "interactions.png", "spectra.png"],
+    )
+    assert 0 <= number(r"test accuracy ([\d.]+)", text) <= 1, text
+    # both analyses (last position, all positions) and the degeneracy report ran
+    assert len(re.findall(r"\n\d+ modules over", text)) == 2, text
+    assert "Degeneracy report" in text, text
+    # the sparsity table at all positions: edges carrying 90% of the weight, per basis
+    table = text.split("=== sparsity (all positions)", 1)[1]
+    first = re.search(r"resid_pre -> resid_mid\s+(\d+)\s+(\d+)\s+(\d+)", table)
+    assert first, text
+    counts = [int(c) for c in first.groups()]
+    assert all(c > 0 for c in counts), text
