@@ -33,6 +33,7 @@ from ._validate import check_model
 from .capture import Session, session
 from .errors import ModgraphValueError
 from .jacobian import (
+    constant_jacobian,
     conv_elementwise_jacobian_gram,
     elementwise_jacobian_gram,
     global_jacobian_grams,
@@ -285,12 +286,21 @@ def fit_bases(sess: Session, stats: Statistics, options: Options) -> dict[str, I
                 Mprime = conv_elementwise_jacobian_gram(
                     section, site_grams, rows, C_next, plan.layouts[section.source]
                 )
-            elif 2 * half.shape[1] < half.shape[0]:  # a subspace: project the VJPs first
-                return local_jacobian_gram(
-                    sess, section, C_next, n_sources=n_sources, gen=gen, project=half
+            else:  # batched VJPs: over the data, or at one point when J is constant
+                constant = section.constant or constant_jacobian(sess, section)
+                if 2 * half.shape[1] < half.shape[0]:  # a subspace: project the VJPs first
+                    return local_jacobian_gram(
+                        sess,
+                        section,
+                        C_next,
+                        n_sources=n_sources,
+                        gen=gen,
+                        project=half,
+                        constant=constant,
+                    )
+                Mprime = local_jacobian_gram(
+                    sess, section, C_next, n_sources=n_sources, gen=gen, constant=constant
                 )
-            else:
-                Mprime = local_jacobian_gram(sess, section, C_next, n_sources=n_sources, gen=gen)
             return half.T @ Mprime @ half
 
         basis, C_next = _fit_layer(

@@ -22,16 +22,19 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from .capture import Session
 from .layout import Layout
+from .plan import CONVOLUTIONS as _AFFINE_CONVOLUTIONS
 from .plan import IDENTITY, Section, is_plain_linear
 
 __all__ = [
     "chunk_rows",
+    "constant_jacobian",
     "conv_elementwise_jacobian_gram",
     "conv_shortcut",
     "conv_site_grams",
@@ -187,6 +190,69 @@ def _connected(a: torch.Tensor) -> torch.Tensor:
     return a if a.requires_grad else _leaf(a)
 
 
+#: Autograd nodes whose Jacobian does not depend on the data (sums, differences, copies, views).
+_LINEAR_NODES = frozenset(
+    {
+        "AddBackward0", "SubBackward0", "NegBackward0", "CloneBackward0", "ViewBackward0",
+        "UnsafeViewBackward0", "ReshapeAliasBackward0", "AliasBackward0", "SqueezeBackward0",
+        "SqueezeBackward1", "UnsqueezeBackward0",
+    }
+)  # fmt: skip
+
+
+def constant_jacobian(sess: Session, section: Section) -> bool:
+    """Whether ``∂a_{l+1}/∂a_l`` does not depend on the data, read off the autograd graph of
+    one data point: the source module is affine (a plain Linear or a convolution), every
+    autograd node between its output and the target is a sum, difference, copy or view (a
+    residual add of a term that does not depend on the source, say), and nothing reaches the
+    target from the source around the module."""
+    module = sess.plan.modules[section.source]
+    if not (is_plain_linear(module) or type(module) in _AFFINE_CONVOLUTIONS):
+        return False
+    x = next(iter(sess.batches("probe", first_row_only=True)))
+    if not x.is_floating_point():
+        return False
+    src, dst = section.source, section.target
+    with torch.enable_grad():
+        store = sess.tracer.run(
+            _leaf(x),
+            record=(dst,),
+            substitute={src: lambda a: a.detach()},
+            stop=None if dst == sess.plan.output else dst,
+            detach=False,
+            replace_output={src: _leaf},
+        )
+        z, original, target = sess.tracer.outputs[src], sess.tracer.originals[src], store[dst]
+        if not target.requires_grad:
+            return False
+        z_node = None
+        linear, reaches_z, reaches_source = True, {}, {}
+        source_node = original.grad_fn if original.requires_grad else None
+
+        def visit(node: Any) -> tuple[bool, bool]:
+            nonlocal z_node, linear
+            key = id(node)
+            if key in reaches_z:
+                return reaches_z[key], reaches_source[key]
+            if node is source_node:
+                reaches_z[key], reaches_source[key] = False, True
+                return False, True
+            if type(node).__name__ == "AccumulateGrad" and node.variable is z:
+                z_node = node
+                reaches_z[key], reaches_source[key] = True, False
+                return True, False
+            hits = [visit(n) for n, _ in node.next_functions if n is not None]
+            to_z = any(h[0] for h in hits)
+            to_source = any(h[1] for h in hits)
+            if to_z and type(node).__name__ not in _LINEAR_NODES:
+                linear = False
+            reaches_z[key], reaches_source[key] = to_z, to_source
+            return to_z, to_source
+
+        to_z, to_source = visit(target.grad_fn)
+    return to_z and linear and not to_source
+
+
 def chunk_rows(n_vectors: int, width: int, batch_size: int) -> int:
     """Rows per autograd sub-batch so that ``n_vectors × rows × width`` stays bounded."""
     return max(1, min(batch_size, CHUNK_ELEMENTS // max(1, n_vectors * width)))
@@ -279,11 +345,12 @@ def local_jacobian_gram(
     n_sources: int | None,
     gen: torch.Generator | None,
     project: torch.Tensor | None = None,
+    constant: bool = False,
 ) -> torch.Tensor:
     """``M' = E[Jᵀ A J]`` with ``J = ∂a_{l+1}/∂a_l``, ``A = C_{l+1} C_{l+1}ᵀ``, by batched VJPs.
 
-    A section whose Jacobian does not depend on the data (``section.constant``: a convolution
-    junction) is differentiated at one data point, with no pass over the data.
+    A section whose Jacobian does not depend on the data (``constant``: a convolution junction,
+    or see :func:`constant_jacobian`) is differentiated at one data point, with no pass.
 
     With ``project (d, r)``, returns ``projectᵀ M' project`` (r, r) instead, accumulated from
     the projected VJPs: cheaper when ``r < d/2`` (activations confined to a subspace).
@@ -305,7 +372,7 @@ def local_jacobian_gram(
     rows = chunk_rows(n_vec, max(d * P, d_next * P_next), sess.batch_size)
     n = 0  # output rows: samples × analysed output positions
     arrived = False
-    for x in sess.batches(f"jacobian {section.source}", rows, first_row_only=section.constant):
+    for x in sess.batches(f"jacobian {section.source}", rows, first_row_only=constant):
         a, g_a, g_z = section_vjp(
             sess,
             section,

@@ -63,7 +63,7 @@ ELEMENTWISE: tuple[type[nn.Module], ...] = (
 
 #: Convolutions whose output is linear in their input (a junction of two of them has a constant
 #: Jacobian); exact types, so a subclass that overrides ``forward`` is never mistaken for one.
-_CONVOLUTIONS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONVOLUTIONS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def is_plain_linear(module: nn.Module | None) -> bool:
@@ -405,7 +405,7 @@ def make_plan(
                     ):
                         section = Section(src, dst, linear, act)
                         break
-        elif type(linear) in _CONVOLUTIONS and src in by_name:
+        elif type(linear) in CONVOLUTIONS and src in by_name:
             _, _, _, z_id, z_version = by_name[src]
             if id(t) == z_id and t_version == z_version:  # target = conv(source), nothing between
                 section = Section(src, dst, constant=True)

@@ -279,8 +279,9 @@ def test_a_convolution_junction_needs_no_pass_over_the_data():
         np.testing.assert_allclose(
             fast[name].eigenvalues, slow[name].eigenvalues, rtol=1e-9, err_msg=name
         )
-    # the autograd pass over the junction reads all 4 batches; the shortcut reads one
-    assert slow_data.batches - fast_data.batches == 3
+    # the autograd pass over the junction reads all 4 batches, the shortcut one; the next
+    # section (1×1 conv → ReLU) has its graph read on one more row before its pass
+    assert slow_data.batches - fast_data.batches == 2
 
 
 @pytest.mark.parametrize(
@@ -320,3 +321,58 @@ def test_the_convolution_coactivation_shortcut_equals_autograd(conv_kwargs):
         np.testing.assert_allclose(
             fast[name].eigenvalues, slow[name].eigenvalues, rtol=1e-9, err_msg=name
         )
+
+
+class _Linear(nn.Linear):
+    """A Linear subclass with its own forward: modgraph runs it through the autograd path."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)
+
+
+def test_a_linear_before_a_residual_add_needs_no_pass():
+    """h' = h + fc2(relu(fc1(h))): the section from fc2's input to h' has the constant
+    Jacobian W2 (h does not depend on fc2's input), read off the autograd graph, so M' comes
+    from one data point; a ReLU after the add, or a path around fc2, keeps the pass."""
+
+    class Block(nn.Module):
+        def __init__(self, linear: type[nn.Linear], relu_after: bool) -> None:
+            super().__init__()
+            torch.manual_seed(7)
+            self.fc1 = nn.Linear(5, 8, dtype=torch.float64)
+            self.fc2 = linear(8, 5, dtype=torch.float64)
+            self.head = nn.Linear(5, 2, dtype=torch.float64)
+            self.relu_after = relu_after
+
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            h = h + self.fc2(torch.relu(self.fc1(h)))
+            return self.head(torch.relu(h) if self.relu_after else h)
+
+    x = torch.randn(160, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+    class Counting:
+        def __init__(self) -> None:
+            self.batches = 0
+
+        def __iter__(self):
+            for batch in x.split(40):
+                self.batches += 1
+                yield batch
+
+    for relu_after in (False, True):
+        fast_data, slow_data = Counting(), Counting()
+        layers = ["fc1", "fc2", "head"]
+        fast = interaction_basis(
+            Block(nn.Linear, relu_after), fast_data, layers=layers, progress=False
+        )
+        slow = interaction_basis(
+            Block(_Linear, relu_after), slow_data, layers=layers, progress=False
+        )
+        for name in fast:
+            np.testing.assert_allclose(
+                fast[name].eigenvalues, slow[name].eigenvalues, rtol=1e-9, err_msg=name
+            )
+        # the graph is read on the first row of one batch; a constant section then reads one
+        # more instead of the whole pass (4 batches)
+        saved = slow_data.batches - fast_data.batches
+        assert saved == (-1 if relu_after else 2), (relu_after, saved)
