@@ -140,8 +140,9 @@ def stage_flops(
             # jacobian.elementwise_jacobian_gram: A = C'C'ᵀ, then Wᵀ (A ∘ S) W; no data pass
             basis["matmul"] += 2.0 * dn * dn * kn + 2.0 * d * dn * dn + 2.0 * d * d * dn
         elif kind.startswith("autograd") and r and kn:
+            # jacobian.constant_jacobian reads one sample's graph (a Linear source), then
             # jacobian.local_jacobian_gram: forward to l+1, k' VJPs per row
-            basis["matmul"] += sum(fwd[: l + 1])
+            basis["matmul"] += sum(fwd[: l + 1]) * (1 + 1 / n)
             if kind == "autograd_folded":
                 # VJPs at z through σ only (no product), Gram of the z-VJPs 2·N·k'·d'², then W
                 basis["matmul"] += 2.0 * n * kn * dn * dn

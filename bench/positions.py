@@ -50,6 +50,9 @@ class TransformerBlock(nn.Module):
     multi-head attention (``heads`` heads, no layer norm), MLP ``d → mlp → d``, float64."""
 
     LAYERS = ("resid", "mlp", "unembed")
+    #: per section: is the source module affine (then jacobian.constant_jacobian reads the
+    #: autograd graph of one sample first)? resid and mlp are nn.Identity probes.
+    AFFINE = (False, False, True)
 
     def __init__(
         self, d: int = 64, heads: int = 4, mlp: int = 256, d_out: int = 16, seed: int = 0
@@ -91,6 +94,7 @@ class SmallCNN(nn.Module):
     """``(N, c_in, S, S)`` → conv 3×3 (c) → ReLU → conv 3×3 (c) → ReLU → avg-pool 2 → Linear."""
 
     LAYERS = ("conv1", "conv2", "fc")
+    AFFINE = (True, True, True)
 
     def __init__(
         self, channels: Sequence[int] = (1, 16, 16), image: int = 8, d_out: int = 10, seed: int = 0
@@ -145,6 +149,7 @@ def positions_stage_flops(
     n: int,
     batch_size: int = 256,
     n_sources: int | None = None,
+    affine: Sequence[bool] = (),
 ) -> Parts:
     """FLOPs of modgraph's numeric stages on a model with positions, per stage and part.
 
@@ -177,6 +182,8 @@ def positions_stage_flops(
             continue
         if kind != "autograd":
             raise ValueError(f"positions_stage_flops counts autograd sections, not {kind!r}")
+        if r and kn and affine and affine[l]:  # jacobian.constant_jacobian: one sample's forward
+            basis["matmul"] += to_target / n
         if r and kn:  # local_jacobian_gram: cotangents P'·k' per sample (exact) or R
             vectors = n_sources or Pn * kn
             basis["matmul"] += to_target + n * vectors * backward[l]  # one backward each
@@ -237,7 +244,8 @@ def positions_job(job: dict[str, Any]) -> dict[str, Any]:
         rate = 0.5 * (rate_before + matmul_rate())
         sections = model.section_flops(out["positions"][0])  # type: ignore[operator]
         flops = positions_stage_flops(*(out[key] for key in FLOP_KEYS), out["positions"],
-                                      sections, spec["n"], batch_size, sources)  # fmt: skip
+                                      sections, spec["n"], batch_size, sources,
+                                      model.AFFINE)  # type: ignore[attr-defined]  # fmt: skip
         result[path] = {
             "n_sources": sources,
             "matmul_gflops": rate,

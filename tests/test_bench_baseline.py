@@ -230,7 +230,16 @@ def test_positions_flops_count_what_the_library_computes(
         assert 2 * out["ranks"][0] < out["dims"][0]
     sections = model.section_flops(P[0])  # type: ignore[operator]
     parts = positions.positions_stage_flops(
-        out["dims"], out["ks"], out["ranks"], out["kinds"], P, sections, n, 16, n_sources
+        out["dims"],
+        out["ks"],
+        out["ranks"],
+        out["kinds"],
+        P,
+        sections,
+        n,
+        16,
+        n_sources,
+        model.AFFINE,  # type: ignore[attr-defined]
     )
     for stage in models.NUMERIC_STAGES:
         assert parts[stage]["matmul"] == pytest.approx(meter.flops[stage], rel=1e-12), stage
