@@ -242,6 +242,9 @@ class Session:
 
     rows: int | None = None
     """Rows of a whole pass: known from the data's size, or counted on the first full pass."""
+    first_row: torch.Tensor | None = None
+    """The first input row ``(1, ...)``, read when the session started (for quantities that do
+    not depend on the data, so that they need no pass)."""
 
     def batches(
         self, desc: str, batch_size: int | None = None, *, first_row_only: bool = False
@@ -252,8 +255,8 @@ class Session:
         first raises (a one-shot or shrinking source would bias every sum silently).
         ``first_row_only`` yields the first row alone (for data-independent quantities)."""
         size = batch_size or self.batch_size
-        if first_row_only:  # no pass: one row of the first batch is all that is needed
-            yield next(iter(iter_batches(self.data, 1, device=self.device, dtype=self.dtype)))
+        if first_row_only:  # no pass: the first row, kept from the session's first batch
+            yield self.first_row
             return
         stream = iter_batches(self.data, size, device=self.device, dtype=self.dtype)
         count = 0
@@ -336,4 +339,5 @@ def session(
                 dtype=run_dtype,
                 progress=options.progress,
                 rows=data_rows(data),
+                first_row=first[:1].clone(),
             )
