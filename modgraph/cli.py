@@ -340,8 +340,9 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(result.summary())
-    model_name = args.model.replace("$", r"\$")  # the title is mathtext: a "$" stays a "$"
-    _write_outputs(result, out, title=f"Modules of {model_name}")
+    from .plot._figure import plain  # the user's spec, drawn literally in the CLI's own title
+
+    _write_outputs(result, out, title=f"Modules of {plain(args.model, None)}")
     return 0
 
 

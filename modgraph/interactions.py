@@ -33,10 +33,12 @@ from .errors import ModgraphValueError
 from .graph import InteractionGraph
 from .jacobian import (
     chunk_rows,
+    cotangents,
     elementwise_derivative,
     linear_preactivation,
     narrowing_linear,
     section_vjp,
+    sign_vectors,
 )
 from .options import Options
 from .plan import Section
@@ -125,19 +127,15 @@ def _edge_cotangents(
     n_sources: int | None,
     gen: torch.Generator | None,
 ) -> torch.Tensor:
-    """Cotangents ``(k'·m, B, P', d')`` for the edges: for every target feature ``i``, one per
-    output position (``m = P'``), or ``m = R`` random-sign combinations of the output positions
-    ``Σ_t φ_t e_t ⊗ c_i / √R`` (used when ``n_sources`` is set and ``P' > 1``)."""
-    d_next, k = C_next.shape
-    if n_sources is None or n_positions == 1:  # one per (i, t), i outer
-        eye = torch.eye(n_positions, dtype=C_next.dtype, device=C_next.device)
-        cot = torch.einsum("dk,tu->ktud", C_next, eye).reshape(-1, 1, n_positions, d_next)
-        return cot.expand(-1, batch, n_positions, d_next)
+    """Cotangents ``(k'·m, B, P', d')`` for the edges, target feature outer: one per output
+    position (``m = P'``: :func:`~modgraph.jacobian.cotangents`), or ``m = R`` random-sign
+    combinations of the output positions ``Σ_t φ_t e_t ⊗ c_i / √R`` (when ``n_sources`` is set
+    and ``P' > 1``)."""
+    if n_sources is None or n_positions == 1:
+        return cotangents(C_next, batch, None, None, n_positions)
     assert gen is not None
-    bits = torch.randint(
-        0, 2, (k, n_sources, batch, n_positions), generator=gen, device=C_next.device
-    )
-    phi = (2.0 * bits - 1.0).to(torch.float64) / n_sources**0.5
+    d_next, k = C_next.shape
+    phi = sign_vectors(gen, (k, n_sources, batch, n_positions), n_sources, C_next.device)
     cot = phi[..., None] * C_next.T[:, None, None, None, :]  # (k', R, B, P', d')
     return cot.reshape(k * n_sources, batch, n_positions, d_next)
 

@@ -47,6 +47,7 @@ __all__ = [
     "local_jacobian_gram",
     "narrowing_linear",
     "section_vjp",
+    "sign_vectors",
     "warn_no_gradient",
 ]
 
@@ -64,6 +65,10 @@ def elementwise_derivative(section: Section, z: torch.Tensor) -> torch.Tensor:
         # elementwise: the gradient of Σ σ(z) is σ'(z); the clone lets in-place modules run
         (slope,) = torch.autograd.grad(act(point.clone()).sum(), point)
     return slope
+
+
+#: Elementwise modules whose slope ``σ'(z)`` is read off their output (:func:`_slope_from_output`).
+_SLOPE_FROM_OUTPUT: tuple[type[nn.Module], ...] = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid)
 
 
 def _slope_from_output(section: Section, out: torch.Tensor) -> torch.Tensor | None:
@@ -91,7 +96,7 @@ def conv_shortcut(section: Section, src: Layout, dst: Layout) -> bool:
         conv is not None
         and conv.groups == 1  # type: ignore[union-attr]
         and conv.padding_mode in ("zeros", "circular")  # type: ignore[union-attr]
-        and _slope_from_output(section, torch.zeros(1)) is not None
+        and type(section.activation) in _SLOPE_FROM_OUTPUT
         and src.select is None
         and dst.select is None
     )
@@ -149,11 +154,11 @@ def elementwise_slope(section: Section, a: torch.Tensor, out: torch.Tensor) -> t
     return slope
 
 
-def _sign_vectors(
-    gen: torch.Generator, n_sources: int, batch: int, width: int, device: torch.device
+def sign_vectors(
+    gen: torch.Generator, shape: tuple[int, ...], n_sources: int, device: torch.device
 ) -> torch.Tensor:
-    """Random ±1/√R vectors, shape (R, batch, width)."""
-    bits = torch.randint(0, 2, (n_sources, batch, width), generator=gen, device=device)
+    """Independent random signs ``±1/√R`` (``R = n_sources``) of the given shape, float64."""
+    bits = torch.randint(0, 2, shape, generator=gen, device=device)
     return (2.0 * bits - 1.0).to(torch.float64) / math.sqrt(n_sources)
 
 
@@ -165,17 +170,18 @@ def cotangents(
     n_positions: int = 1,
 ) -> torch.Tensor:
     """Cotangents for batched VJPs in rows space, shape ``(n, batch, P', d_next)``: one per
-    (output position, next-layer feature) pair (``n = P'·k``), or ``R`` random-sign
-    combinations ``Σ_{t,k} φ_{r,t,k} e_t ⊗ c_k / √R`` of them when ``n_sources`` is set."""
+    (next-layer feature, output position) pair (``n = k·P'``, feature outer), or ``R``
+    random-sign combinations ``Σ_{t,k} φ_{r,t,k} e_t ⊗ c_k / √R`` of them when ``n_sources``
+    is set."""
     d_next, k = basis_next.shape
     if n_sources is None:
         if n_positions == 1:
             return basis_next.T[:, None, None, :].expand(k, batch, 1, d_next)
         eye = torch.eye(n_positions, dtype=basis_next.dtype, device=basis_next.device)
-        cot = torch.einsum("tu,dk->tkud", eye, basis_next).reshape(-1, 1, n_positions, d_next)
+        cot = torch.einsum("dk,tu->ktud", basis_next, eye).reshape(-1, 1, n_positions, d_next)
         return cot.expand(-1, batch, n_positions, d_next)
     assert gen is not None
-    phi = _sign_vectors(gen, n_sources, batch, n_positions * k, basis_next.device)
+    phi = sign_vectors(gen, (n_sources, batch, n_positions * k), n_sources, basis_next.device)
     return phi.reshape(n_sources, batch, n_positions, k) @ basis_next.T
 
 
@@ -198,6 +204,38 @@ _LINEAR_NODES = frozenset(
         "SqueezeBackward1", "UnsqueezeBackward0",
     }
 )  # fmt: skip
+
+
+def _walk_to(root: Any, z: torch.Tensor, source_node: Any) -> tuple[bool, bool, bool]:
+    """Walk the autograd graph below ``root`` (iteratively: deep models exceed Python's
+    recursion limit). Returns whether it reaches the leaf ``z``, whether it reaches
+    ``source_node`` (a path around the module), and whether every node on a path to ``z`` is a
+    sum, difference, copy or view."""
+    reaches: dict[int, tuple[bool, bool]] = {}
+    linear = True
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        key = id(node)
+        if key in reaches and not expanded:
+            continue
+        if node is source_node:
+            reaches[key] = (False, True)
+            continue
+        if type(node).__name__ == "AccumulateGrad":
+            reaches[key] = (node.variable is z, False)
+            continue
+        children = [n for n, _ in node.next_functions if n is not None]
+        if not expanded:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in reaches)
+            continue
+        hits = [reaches[id(c)] for c in children]
+        to_z, to_source = any(h[0] for h in hits), any(h[1] for h in hits)
+        if to_z and type(node).__name__ not in _LINEAR_NODES:
+            linear = False
+        reaches[key] = (to_z, to_source)
+    return (*reaches[id(root)], linear)
 
 
 def constant_jacobian(sess: Session, section: Section) -> bool:
@@ -225,31 +263,8 @@ def constant_jacobian(sess: Session, section: Section) -> bool:
         z, original, target = sess.tracer.outputs[src], sess.tracer.originals[src], store[dst]
         if not target.requires_grad:
             return False
-        z_node = None
-        linear, reaches_z, reaches_source = True, {}, {}
         source_node = original.grad_fn if original.requires_grad else None
-
-        def visit(node: Any) -> tuple[bool, bool]:
-            nonlocal z_node, linear
-            key = id(node)
-            if key in reaches_z:
-                return reaches_z[key], reaches_source[key]
-            if node is source_node:
-                reaches_z[key], reaches_source[key] = False, True
-                return False, True
-            if type(node).__name__ == "AccumulateGrad" and node.variable is z:
-                z_node = node
-                reaches_z[key], reaches_source[key] = True, False
-                return True, False
-            hits = [visit(n) for n, _ in node.next_functions if n is not None]
-            to_z = any(h[0] for h in hits)
-            to_source = any(h[1] for h in hits)
-            if to_z and type(node).__name__ not in _LINEAR_NODES:
-                linear = False
-            reaches_z[key], reaches_source[key] = to_z, to_source
-            return to_z, to_source
-
-        to_z, to_source = visit(target.grad_fn)
+        to_z, to_source, linear = _walk_to(target.grad_fn, z, source_node)
     return to_z and linear and not to_source
 
 

@@ -77,10 +77,8 @@ def attention_patterns(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
             finally:
                 busy.discard(id(module))
             w = weights if weights.ndim == 4 else weights[None]  # (B, H, L, S)
-            w = w.to(torch.float64).flatten(2)
-            diff = torch.stack(
-                [(w - w[:, h : h + 1]).abs().amax(dim=(0, 2)) for h in range(w.shape[1])]
-            )
+            w = w.to(torch.float64).flatten(2)  # (B, H, L·S)
+            diff = (w[:, :, None] - w[:, None]).abs().amax(dim=(0, 3))  # (H, H), all pairs
             found[name] = torch.maximum(found[name], diff) if name in found else diff
 
         return pre

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 __all__ = ["render_report"]
 
 
@@ -109,12 +111,9 @@ def render_report(report: Mapping[str, Any]) -> str:
         rows = []
         for a in report["attention"]:
             sizes = ",".join(str(len(g)) for g in a["groups"]) or "-"
-            diffs = [
-                a["max_difference"][i][j]
-                for i in range(a["n_heads"])
-                for j in range(i + 1, a["n_heads"])
-            ]
-            closest = f"{min(diffs):.3g}" if diffs else "-"
+            diff = np.asarray(a["max_difference"], dtype=np.float64).reshape(a["n_heads"], -1)
+            pairs = diff[np.triu_indices(a["n_heads"], 1)]
+            closest = f"{pairs.min():.3g}" if pairs.size else "-"
             rows.append((a["module"], str(a["n_heads"]), f"{len(a['groups'])} ({sizes})", closest))
         head = ("attention", "heads", "groups (sizes)", "closest pair")
         lines += _table(head, rows)
