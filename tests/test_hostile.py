@@ -381,3 +381,27 @@ def test_a_near_constant_output_and_few_samples_are_warned():
         interaction_graph(model, X, progress=False)
     with pytest.warns(UserWarning, match="only 4 data points"):
         interaction_basis(mlp([6, 5, 2]), X[:4], progress=False)
+
+
+class DeepResidual(nn.Module):
+    """700 residual blocks before the analysed Linear: the residual term's autograd history is
+    deeper than Python's recursion limit."""
+
+    def __init__(self, n: int = 700) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.pre = nn.ModuleList(nn.Linear(4, 4, dtype=f64) for _ in range(n))
+        self.a = nn.Linear(4, 6, dtype=f64)
+        self.b = nn.Linear(6, 4, dtype=f64)
+        self.head = nn.Linear(4, 2, dtype=f64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.pre:
+            x = x + 0.01 * torch.tanh(layer(x))
+        return self.head(x + self.b(torch.relu(self.a(x))))
+
+
+def test_the_constant_jacobian_check_walks_deep_graphs():
+    x = torch.randn(64, 4, dtype=f64, generator=torch.Generator().manual_seed(0))
+    bases = interaction_basis(DeepResidual(), x, layers=["a", "b", "head"], progress=False)
+    assert bases["b"].k > 0
