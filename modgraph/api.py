@@ -34,6 +34,7 @@ def find_modules(
     min_module_share: float | None = None,
     epsilon: float | None = None,
     tau: float = 1e-4,
+    ties: str = "keep",
     variant: str = "local",
     basis: str = "interaction",
     n_restarts: int = 8,
@@ -77,6 +78,9 @@ def find_modules(
         Interaction tolerance; default ``τ · tr Cov(output)``.
     tau : float
         ``τ`` of the default ε.
+    ties : {"keep", "rotate"}
+        ``"rotate"``: turn features whose Λ tie within sampling error into the orientation
+        with the least degeneracy cost (see :func:`interaction_graph`).
     variant : {"local", "global"}
         Interaction-basis variant.
     basis : {"interaction", "pca", "neuron"}

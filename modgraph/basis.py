@@ -19,6 +19,7 @@ elementwise shortcut ``M' = Wᵀ (A ∘ E[σ'σ'ᵀ]) W`` where it applies, batc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -42,8 +43,9 @@ from .jacobian import (
 from .moments import Moments, Statistics, accumulate_statistics, count_kept, covariance_cut
 from .options import Options
 from .plan import Section
+from .ties import rotation
 
-__all__ = ["InteractionBasis", "interaction_basis"]
+__all__ = ["InteractionBasis", "interaction_basis", "turn_basis"]
 
 logger = logging.getLogger("modgraph")
 
@@ -81,6 +83,13 @@ class InteractionBasis:
         ``"interaction"`` (the interaction basis), or a baseline for comparison: ``"pca"``
         (``C = U``, the covariance eigenvectors above the cut, unscaled: ``Λ = D``) or
         ``"neuron"`` (``C = I``, every neuron: ``Λ`` the neurons' variances).
+    tie_pairs : ndarray of int, shape (m, 2)
+        Pairs of features whose Λ tied within sampling error and were turned into each other
+        by the graph stage (:mod:`modgraph.ties`); empty for bases straight from
+        :func:`interaction_basis`.
+    tie_angles : ndarray, shape (m,)
+        The angle each pair turned by (0: the pair tied, but no turn lowered the cost).
+        Where pairs turned, ``eigenvalues`` holds the turned features' second moments.
     """
 
     layer: str
@@ -94,6 +103,10 @@ class InteractionBasis:
     variant: str
     rtol: float
     kind: str = "interaction"
+    tie_pairs: np.ndarray = dataclasses.field(
+        default_factory=lambda: readonly(np.zeros((0, 2)), np.int64)
+    )
+    tie_angles: np.ndarray = dataclasses.field(default_factory=lambda: readonly(np.zeros(0)))
 
     @property
     def d(self) -> int:
@@ -239,6 +252,31 @@ def _fit_baseline(
         lam = torch.diagonal(cov).clone()
     arrays = (C, C.T.clone(), lam, gram_eigenvalues, gram_eigenvalues.new_zeros(0))
     return _basis(name, moments, arrays, variant=variant, rtol=rtol, kind=kind)
+
+
+def turn_basis(basis: InteractionBasis, pairs: np.ndarray, angles: np.ndarray) -> InteractionBasis:
+    """``basis`` with each tied pair of features turned by its angle (:mod:`modgraph.ties`).
+
+    With ``R`` the rotation (``f̂' = Rᵀ f̂``): ``C' = C R``, ``C'⁺ = Rᵀ C⁺`` (still
+    ``C'⁺ C' = I``), signs fixed again as in fitting. The importance of a turned feature is its
+    second moment ``Σ_i R_ia² Λ_i``; a turned pair keeps a cross moment ``E[f̂'_a f̂'_b] =
+    sin θ cos θ (Λ_b − Λ_a)``, small because the pair's Λ are within sampling error of each
+    other. The spectra (``jacobian_eigenvalues``) are unchanged.
+    """
+    R = rotation(basis.k, pairs, angles)
+    C = basis.C @ R
+    signs = np.sign(C[np.abs(C).argmax(0), np.arange(C.shape[1])]) if C.size else np.ones(0)
+    signs[signs == 0] = 1
+    lam = (R**2).T @ basis.eigenvalues
+    turned = dataclasses.replace(
+        basis,
+        C=readonly(C * signs),
+        C_pinv=readonly((R.T @ basis.C_pinv) * signs[:, None]),
+        eigenvalues=readonly(lam),
+        tie_pairs=readonly(np.concatenate([basis.tie_pairs, pairs]), np.int64),
+        tie_angles=readonly(np.concatenate([basis.tie_angles, angles])),
+    )
+    return turned
 
 
 def fit_bases(sess: Session, stats: Statistics, options: Options) -> dict[str, InteractionBasis]:

@@ -13,7 +13,9 @@ C_{l+1}ᵀ J(x) C_l⁺ᵀ``, every sum is a float64 accumulation over batches of
   ``σ̄'`` the quadrature average of ``σ'``, one batched matrix product per batch, no autograd;
   a Linear→Linear junction has a constant ``Γ`` and ``E = Γ² ∘ Λ_l`` needs no pass at all;
 - any other section: batched vector–Jacobian products (one per target feature) by autograd.
-"""
+
+With ``ties="rotate"`` the same passes also sum the moments of tied feature pairs
+(:mod:`modgraph.ties`)."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import torch
 from torch import nn
 
 from ._validate import check_model
-from .basis import InteractionBasis, fit_bases, measure_statistics
+from .basis import InteractionBasis, fit_bases, measure_statistics, turn_basis
 from .capture import Session, session
 from .errors import ModgraphValueError
 from .graph import InteractionGraph
@@ -42,6 +44,7 @@ from .jacobian import (
 )
 from .options import Options
 from .plan import Section
+from .ties import TieSums, untie
 
 __all__ = ["default_epsilon", "interaction_graph", "quadrature"]
 
@@ -69,13 +72,9 @@ class _LayerTensors:
     """Basis tensors of one node layer on the compute device (float64)."""
 
     def __init__(self, basis: InteractionBasis, device: torch.device) -> None:
-        def t(a: np.ndarray) -> torch.Tensor:
-            return torch.tensor(a, dtype=torch.float64, device=device)
-
-        self.mean = t(basis.mean)
-        self.C = t(basis.C)
-        self.C_pinv = t(basis.C_pinv)
-        self.eigenvalues = t(basis.eigenvalues)
+        arrays = (basis.mean, basis.C, basis.C_pinv, basis.eigenvalues)
+        tensors = [torch.tensor(a, dtype=torch.float64, device=device) for a in arrays]
+        self.mean, self.C, self.C_pinv, self.eigenvalues = tensors
 
 
 def _elementwise_edges_batch(
@@ -85,8 +84,10 @@ def _elementwise_edges_batch(
     dst: _LayerTensors,
     alphas: np.ndarray,
     weights: np.ndarray,
+    ties: TieSums | None = None,
 ) -> torch.Tensor:
-    """Σ over the rows of ``a`` of ``(Γ(x) ⊙ f̂(x))²`` for an elementwise section, (k', k)."""
+    """Σ over the rows of ``a`` of ``(Γ(x) ⊙ f̂(x))²`` for an elementwise section, (k', k);
+    with ``ties``, the moments of the tied pairs are added to it in the same chunks."""
     assert section.linear is not None
     W = section.linear.weight.to(torch.float64)
     P = dst.C.T  # (k', d')
@@ -104,19 +105,30 @@ def _elementwise_edges_batch(
     # Small chunks keep the per-sample products in cache, so the elementwise work after the
     # matrix product costs little (measured: 65 % → ~100 % of the GEMM rate at 8 rows).
     rows = max(1, CACHE_ELEMENTS // max(1, k_next * max(d_next, k)))
-    for s, f2 in zip(slope.split(rows), f.square().split(rows)):
+    for s, fc in zip(slope.split(rows), f.split(rows)):
         # Γ(x) = P diag(s(x)) Q for a chunk of rows at once: (b·k', d') @ (d', k)
         gamma = ((P[None] * s[:, None, :]).reshape(-1, d_next) @ Q).reshape(-1, k_next, k)
+        if ties is not None:  # (k', 1, b, 1, k) against (b, 1, k)
+            ties.add(
+                section.key,
+                gamma.permute(1, 0, 2)[:, None, :, None, :],
+                fc[:, None, :],
+            )
         gamma.square_()
-        gamma *= f2[:, None, :]
+        gamma *= fc.square()[:, None, :]
         total += gamma.sum(0)
     return total
 
 
-def _junction_edges(section: Section, src: _LayerTensors, dst: _LayerTensors) -> torch.Tensor:
-    """Linear→Linear junction: Γ = C_{l+1}ᵀ W C_l⁺ᵀ is constant, so E = Γ² · Λ_l (exact)."""
+def _junction_edges(
+    section: Section, src: _LayerTensors, dst: _LayerTensors, ties: TieSums | None = None
+) -> torch.Tensor:
+    """Linear→Linear junction: Γ = C_{l+1}ᵀ W C_l⁺ᵀ is constant, so E = Γ² · Λ_l (exact), and
+    the tie moments follow from ``E[f̂ f̂ᵀ] = diag(Λ_l)`` in closed form."""
     assert section.linear is not None
     gamma = dst.C.T @ section.linear.weight.to(torch.float64) @ src.C_pinv.T
+    if ties is not None:
+        ties.add_constant(section.key, gamma, src.eigenvalues)
     return gamma.square() * src.eigenvalues[None, :]
 
 
@@ -149,6 +161,7 @@ def _autograd_edges(
     weights: np.ndarray,
     n_sources: int | None = None,
     gen: torch.Generator | None = None,
+    ties: TieSums | None = None,
 ) -> torch.Tensor:
     """E for a general section by batched VJPs at each α: one per target feature and output
     position (or random-sign combinations of the output positions), in rows space, so that
@@ -209,6 +222,12 @@ def _autograd_edges(
         if grad_a is not None:
             gamma = gamma + grad_a @ src.C_pinv.T
         assert isinstance(gamma, torch.Tensor)
+        if ties is not None:
+            ties.add(
+                section.key,
+                gamma.reshape(k_next, per_feature, *gamma.shape[1:]),
+                f,
+            )
         if P == 1:  # one source position: (Γ f)² = Γ² f², without the (n, B, 1, k) product
             gamma = gamma[:, :, 0]
             gamma.square_()
@@ -216,6 +235,8 @@ def _autograd_edges(
         else:
             gamma = (gamma * f[None]).sum(2).square_()  # (Σ_s Γ_{t,s} f̂_s)², (n, B, k)
         total += gamma.reshape(k_next, -1, k).sum(1)
+    if ties is not None:
+        ties.finish(section.key, max(count, 1))
     return total / max(count, 1)
 
 
@@ -226,14 +247,20 @@ def compute_edges(
     n_alpha: int,
     n_sources: int | None = None,
     seed: int = 0,
+    ties: TieSums | None = None,
+    only: Iterable[tuple[str, str]] | None = None,
 ) -> dict[tuple[str, str], np.ndarray]:
-    """``E`` for every section: one shared pass for the elementwise sections with a
-    nonlinearity (per row: a sample at one position), none for junctions, one autograd pass per
-    other section (with ``n_sources`` random-sign combinations of output positions where a
-    target has several)."""
+    """``E`` for every section (or the sections ``only`` names): one shared pass for the
+    elementwise sections with a nonlinearity (per row: a sample at one position), none for
+    junctions, one autograd pass per other section (with ``n_sources`` random-sign
+    combinations of output positions where a target has several). With ``ties``, the moments
+    of the tied pairs are summed into it in the same passes."""
     tensors = {n: _LayerTensors(b, sess.device) for n, b in bases.items()}
     alphas, weights = quadrature(n_alpha)
     sections = sess.plan.sections
+    if only is not None:
+        wanted = set(only)
+        sections = [s for s in sections if (s.source, s.target) in wanted]
     shared = [s for s in sections if s.elementwise and s.activation is not None]
     sums: dict[tuple[str, str], torch.Tensor] = {}
     rows: dict[tuple[str, str], int] = {}
@@ -242,28 +269,47 @@ def compute_edges(
             for x in sess.batches("edges (elementwise)"):
                 acts = sess.tracer.run(x, record=[s.source for s in shared])
                 for s in shared:
-                    part = _elementwise_edges_batch(
-                        s, acts[s.source], tensors[s.source], tensors[s.target], alphas, weights
-                    )
-                    key = (s.source, s.target)
-                    sums[key] = sums[key] + part if key in sums else part
-                    rows[key] = rows.get(key, 0) + acts[s.source].shape[0]
+                    a, src, dst = acts[s.source], tensors[s.source], tensors[s.target]
+                    part = _elementwise_edges_batch(s, a, src, dst, alphas, weights, ties)
+                    sums[s.key] = sums[s.key] + part if s.key in sums else part
+                    rows[s.key] = rows.get(s.key, 0) + a.shape[0]
     gen = None
     if n_sources is not None:
         gen = torch.Generator(device=sess.device)
         gen.manual_seed(seed)
     out: dict[tuple[str, str], np.ndarray] = {}
     for s in sections:
-        key = (s.source, s.target)
-        src, dst = tensors[s.source], tensors[s.target]
+        key, src, dst = s.key, tensors[s.source], tensors[s.target]
         if s.elementwise and s.activation is None:
-            E = _junction_edges(s, src, dst)
+            E = _junction_edges(s, src, dst, ties)
         elif s.elementwise:
             E = sums[key] / rows[key]
+            if ties is not None:
+                ties.finish(key, rows[key])
         else:
-            E = _autograd_edges(sess, s, src, dst, alphas, weights, n_sources, gen)
+            E = _autograd_edges(sess, s, src, dst, alphas, weights, n_sources, gen, ties)
         out[key] = E.cpu().numpy()
     return out
+
+
+def resolve_ties(
+    sess: Session,
+    bases: Mapping[str, InteractionBasis],
+    options: Options,
+    epsilon: float,
+) -> tuple[dict[str, InteractionBasis], dict[tuple[str, str], np.ndarray]]:
+    """The bases and edges: as fitted (``ties="keep"``), or with tied pairs of features turned
+    (``ties="rotate"``, :func:`modgraph.ties.untie`), with this session's edge passes."""
+    edge_args = {"n_alpha": options.n_alpha, "n_sources": options.n_random_sources}
+    edge_args["seed"] = options.seed
+    if options.ties == "keep":
+        return dict(bases), compute_edges(sess, bases, **edge_args)
+
+    def measure(current: Mapping[str, InteractionBasis], sums: TieSums, only: Any) -> Any:
+        return compute_edges(sess, current, ties=sums, only=only, **edge_args)
+
+    sections = [s.key for s in sess.plan.sections]
+    return untie(bases, sections, measure, turn_basis, epsilon)
 
 
 def _check_bases(bases: Any, where: str) -> list[str]:
@@ -281,26 +327,32 @@ def _check_bases(bases: Any, where: str) -> list[str]:
     return names
 
 
-def build_graph(
-    bases: Mapping[str, InteractionBasis],
-    edges: Mapping[tuple[str, str], np.ndarray],
-    options: Options,
-) -> InteractionGraph:
+def graph_epsilon(bases: Mapping[str, InteractionBasis], options: Options) -> float:
+    """ε of the graph: ``options.epsilon``, or ``τ · tr Cov(output)`` (checked to be > 0)."""
     epsilon = options.epsilon
     eps = default_epsilon(bases, options.tau) if epsilon is None else float(epsilon)
-    if epsilon is None:
-        _warn_if_constant_output(list(bases.values())[-1], eps)
     if eps <= 0:
         raise ModgraphValueError(
             "The default epsilon τ · tr Cov(output) is 0: the model output is constant on the "
             "data, so no interaction matters. Pass epsilon=<float> or use more varied data."
         )
+    return eps
+
+
+def build_graph(
+    bases: Mapping[str, InteractionBasis],
+    edges: Mapping[tuple[str, str], np.ndarray],
+    options: Options,
+) -> InteractionGraph:
+    eps = graph_epsilon(bases, options)
+    if options.epsilon is None:
+        _warn_if_constant_output(list(bases.values())[-1], eps)
     return InteractionGraph(
         layers=tuple(bases),
         edges=dict(edges),
         importance={n: b.eigenvalues for n, b in bases.items()},
         epsilon=eps,
-        tau=None if epsilon is not None else options.tau,
+        tau=None if options.epsilon is not None else options.tau,
         n_alpha=options.n_alpha,
         bases=bases,
     )
@@ -348,13 +400,7 @@ def measure_graph(
                         f"bases[{name!r}] has width {b.d} but the model's layer has "
                         f"{sess.plan.dims[name]}; compute bases on this model."
                     )
-        edges = compute_edges(
-            sess,
-            bases,
-            n_alpha=options.n_alpha,
-            n_sources=options.n_random_sources,
-            seed=options.seed,
-        )
+        bases, edges = resolve_ties(sess, bases, options, graph_epsilon(bases, options))
     return build_graph(bases, edges, options)
 
 
@@ -370,6 +416,7 @@ def interaction_graph(
     n_alpha: int = 1,
     epsilon: float | None = None,
     tau: float = 1e-4,
+    ties: str = "keep",
     variant: str = "local",
     basis: str = "interaction",
     rtol: float = 1e-10,
@@ -403,6 +450,13 @@ def interaction_graph(
         Interaction tolerance ``ε`` of the degeneracy cost. Default ``τ · tr Cov(output)``.
     tau : float
         ``τ`` of the default ε.
+    ties : {"keep", "rotate"}
+        ``"keep"`` (default): the bases as fitted. ``"rotate"``: features whose importances Λ
+        tie within sampling error are fixed by noise, not by the network, and features of
+        independent parts mix on finite data; each tied pair is turned by the exact angle that
+        minimises the degeneracy cost of its edges (:func:`modgraph.ties.untie`: up to 8
+        sweeps, one edge pass each). The graph's bases are then the turned ones
+        (``tie_pairs``, ``tie_angles``). Effect and cost: ``docs/method.md`` §6.
     batch_size, dtype, device, output, progress, positions
         As for :func:`interaction_basis`.
 

@@ -46,7 +46,7 @@ class Options:
         How the model is run and the data streamed.
     variant, basis, rtol, n_random_sources, output_basis, seed
         How the bases are fitted (``seed`` also seeds the Leiden restarts and random sources).
-    n_alpha, epsilon, tau
+    n_alpha, epsilon, tau, ties
         How interaction strengths and their tolerance are measured.
     resolution, n_restarts, n_modules, min_module_share
         How the Leiden search runs.
@@ -73,6 +73,7 @@ class Options:
     n_alpha: int = 1
     epsilon: float | None = None
     tau: float = 1e-4
+    ties: str = "keep"
     resolution: float = 1.0
     n_restarts: int = 8
     n_modules: int | None = None
@@ -101,6 +102,7 @@ class Options:
         check_progress(self.progress, where)
         check_choice(self.variant, "variant", where, ("local", "global"))
         check_choice(self.basis, "basis", where, ("interaction", "pca", "neuron"))
+        check_choice(self.ties, "ties", where, ("keep", "rotate"))
         rtol = check_float(self.rtol, "rtol", where, low=0.0, high=1.0)
         check_int(self.n_random_sources, "n_random_sources", where, minimum=1, allow_none=True)
         check_choice(self.output_basis, "output_basis", where, ("identity", "pca"))

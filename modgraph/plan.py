@@ -92,6 +92,11 @@ class Section:
     Jacobian is ``J_{t,s} = diag(σ'(z_t)) K_{t−s}``, which admits the co-activation shortcut."""
 
     @property
+    def key(self) -> tuple[str, str]:
+        """``(source, target)``: the key of this section's edges."""
+        return (self.source, self.target)
+
+    @property
     def elementwise(self) -> bool:
         return self.linear is not None
 

@@ -35,6 +35,7 @@ FLOORS = {
     "jacobian": 5,
     "moments": 6,
     "basis": 7,
+    "ties": 3,
     "graph": 2,
     "interactions": 8,
     "modularity": 3,
