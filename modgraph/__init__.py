@@ -13,6 +13,15 @@ from .basis import InteractionBasis, interaction_basis
 from .cluster import Partition, leiden_modules
 from .degeneracy import DegeneracyReport, LayerDegeneracy, UnitSetDegeneracy, degeneracy_report
 from .errors import ModgraphError, ModgraphTypeError, ModgraphValueError
+from .faithfulness import (
+    AblationCurve,
+    BehaviouralLoss,
+    SparsityReport,
+    ablation_curve,
+    behavioural_loss,
+    edge_ablation_curve,
+    sparsity_report,
+)
 from .graph import InteractionGraph
 from .interactions import interaction_graph
 from .io import read_graphml
@@ -23,6 +32,8 @@ from .result import ModuleResult
 __version__ = "0.1.0"
 
 __all__ = [
+    "AblationCurve",
+    "BehaviouralLoss",
     "DegeneracyReport",
     "InteractionBasis",
     "InteractionGraph",
@@ -34,9 +45,13 @@ __all__ = [
     "Options",
     "Partition",
     "PartitionCost",
+    "SparsityReport",
     "UnitSetDegeneracy",
+    "ablation_curve",
+    "behavioural_loss",
     "degeneracy_cost",
     "degeneracy_report",
+    "edge_ablation_curve",
     "find_modules",
     "interaction_basis",
     "interaction_graph",
@@ -44,4 +59,5 @@ __all__ = [
     "modularity_score",
     "partition_cost",
     "read_graphml",
+    "sparsity_report",
 ]

@@ -15,8 +15,9 @@ from torch import nn
 
 from ._validate import check_model
 from .cluster import search_modules
+from .faithfulness.epsilon import ablation_graph
 from .interactions import measure_graph
-from .options import Options
+from .options import ABLATION, Options
 from .result import ModuleResult
 
 __all__ = ["find_modules"]
@@ -32,9 +33,10 @@ def find_modules(
     resolution: float = 1.0,
     n_modules: int | None = None,
     min_module_share: float | None = None,
-    epsilon: float | None = None,
+    epsilon: float | str | None = None,
     tau: float = 1e-4,
     ties: str = "keep",
+    loss_tolerance: float | None = None,
     variant: str = "local",
     basis: str = "interaction",
     n_restarts: int = 8,
@@ -74,10 +76,19 @@ def find_modules(
         With ``n_modules``: modules holding a smaller share of the total interaction strength
         are fragments, attached to the module they link to most (default ``0.1 / n_modules``;
         0 counts every module). Without ``n_modules`` it raises instead of being ignored.
-    epsilon : float, optional
-        Interaction tolerance; default ``τ · tr Cov(output)``.
+    epsilon : float or "ablation", optional
+        Interaction tolerance; default ``τ · tr Cov(output)``. ``"ablation"``: one ε per
+        layer pair, the largest such that cutting every edge below it (by edge ablation, the
+        other pairs intact) changes the output by at most ``loss_tolerance · tr Cov(output)``
+        in mean square (bisection on the pair's edge values, one pass over the data per step;
+        see :func:`modgraph.faithfulness.ablation_epsilon`). The choice is recorded as
+        ``result.pair_epsilon`` (the graph's ``pair_epsilon``).
     tau : float
         ``τ`` of the default ε.
+    loss_tolerance : float > 0, optional
+        With ``epsilon="ablation"``: the bound on the relative mean squared change of the
+        output (default 1e-2: the ablated network keeps 99 % of the output's variance).
+        Raises without ``epsilon="ablation"``.
     ties : {"keep", "rotate"}
         ``"rotate"``: turn features whose Λ tie within sampling error into the orientation
         with the least degeneracy cost (see :func:`interaction_graph`).
@@ -111,5 +122,8 @@ def find_modules(
     """
     check_model(model, _WHERE)
     options = Options.from_arguments(locals(), _WHERE)
-    graph = measure_graph(model, data, layers, None, options)
+    if options.epsilon == ABLATION:
+        graph = ablation_graph(model, data, layers, options)
+    else:
+        graph = measure_graph(model, data, layers, None, options)
     return ModuleResult(graph, search_modules(graph, options))

@@ -4,7 +4,8 @@ Convention (stated once): ``edges[(l, l_next)][i, j]`` is the strength from feat
 ``l`` (the source) to feature ``i`` of layer ``l_next`` (the target): rows are targets, columns
 are sources. Node ids are ``"{layer}:{index}"``; nodes carry ``layer`` (str), ``depth`` (int, the
 node-layer position), ``index`` (int) and ``importance`` (Λ, float); edges carry ``weight`` (E)
-and ``cost`` (the degeneracy cost ``½ max(0, ln(E/ε))``).
+and ``cost`` (the degeneracy cost ``½ max(0, ln(E/ε))``, with the ε of the edge's layer pair:
+one ε for the whole graph, or one per pair when ``pair_epsilon`` is set).
 """
 
 from __future__ import annotations
@@ -95,6 +96,27 @@ def _check_layers(layers: Any, where: str) -> tuple[str, ...]:
     return layers
 
 
+def _check_pair_epsilon(
+    given: Any, edges: Mapping[tuple[str, str], np.ndarray]
+) -> Mapping[tuple[str, str], float]:
+    """``pair_epsilon``: adjacent layer pairs of the graph → floats > 0."""
+    where = "InteractionGraph"
+    if not isinstance(given, Mapping):
+        raise ModgraphTypeError(
+            f"{where}: pair_epsilon must be a dict (layer, next_layer) → float > 0 or None; got "
+            f"{type(given).__name__}."
+        )
+    out = {}
+    for pair, value in given.items():
+        if pair not in edges:
+            raise ModgraphValueError(
+                f"{where}: pair_epsilon names {pair!r}, which is not an adjacent layer pair of "
+                f"the graph; the pairs are {list(edges)}."
+            )
+        out[pair] = check_float(value, "pair_epsilon", where, low=0.0)
+    return MappingProxyType(out)
+
+
 def _frozen(a: np.ndarray) -> np.ndarray:
     a = np.array(a, dtype=np.float64)
     a.setflags(write=False)
@@ -114,13 +136,17 @@ class InteractionGraph:
     importance : mapping of str to ndarray, shape (k,)
         Feature importance Λ per layer.
     epsilon : float
-        Interaction tolerance ``ε`` of the degeneracy cost.
+        Interaction tolerance ``ε`` of the degeneracy cost (of every layer pair that
+        ``pair_epsilon`` does not name).
     tau : float or None
         ``τ`` when ``ε = τ · tr Cov(output)``; ``None`` when ε was given.
     n_alpha : int
         Quadrature points of the α-integral (1: gradient × input at α = 1).
     bases : mapping of str to InteractionBasis, optional
         The bases the edges were computed in.
+    pair_epsilon : mapping of (str, str) to float, optional
+        ``ε`` per adjacent layer pair, overriding ``epsilon`` for the pairs it names (e.g. from
+        ``find_modules(epsilon="ablation")``); see :meth:`epsilon_of`.
     """
 
     layers: tuple[str, ...]
@@ -130,6 +156,7 @@ class InteractionGraph:
     tau: float | None = None
     n_alpha: int = 1
     bases: Mapping[str, InteractionBasis] | None = None
+    pair_epsilon: Mapping[tuple[str, str], float] | None = None
 
     def __post_init__(self) -> None:
         where = "InteractionGraph"
@@ -161,6 +188,15 @@ class InteractionGraph:
         )
         if self.bases is not None:
             object.__setattr__(self, "bases", MappingProxyType(dict(self.bases)))
+        if self.pair_epsilon is not None:
+            object.__setattr__(self, "pair_epsilon", _check_pair_epsilon(self.pair_epsilon, edges))
+
+    def epsilon_of(self, pair: tuple[str, str]) -> float:
+        """``ε`` of the layer pair ``(layer, next_layer)``: its entry in ``pair_epsilon``, or
+        ``epsilon``."""
+        if self.pair_epsilon is not None and pair in self.pair_epsilon:
+            return float(self.pair_epsilon[pair])
+        return float(self.epsilon)
 
     # ---------------------------------------------------------------- nodes
     @cached_property
@@ -199,11 +235,13 @@ class InteractionGraph:
 
     # ---------------------------------------------------------------- edges
     def costs(self) -> dict[tuple[str, str], np.ndarray]:
-        """Degeneracy cost ``c = ½ max(0, ln(E/ε))`` per layer pair, shape (k_next, k)."""
-        return {pair: degeneracy_cost(E, self.epsilon) for pair, E in self.edges.items()}
+        """Degeneracy cost ``c = ½ max(0, ln(E/ε))`` per layer pair (with the pair's ε),
+        shape (k_next, k)."""
+        return {pair: degeneracy_cost(E, self.epsilon_of(pair)) for pair, E in self.edges.items()}
 
     def edge_list(self, min_weight: float | None = None) -> dict[str, np.ndarray]:
-        """All edges with ``E > min_weight`` (default ``ε``: the edges that carry cost).
+        """All edges with ``E > min_weight`` (default: the pair's ``ε``, the edges that carry
+        cost).
 
         Returns arrays ``source``, ``target`` (node indices), ``weight`` (E), ``cost``; the source
         is in the earlier layer. ``min_weight``: a finite float ``>= 0`` or None.
@@ -211,22 +249,22 @@ class InteractionGraph:
         return self._edge_list(min_weight, "InteractionGraph.edge_list")
 
     def _edge_list(self, min_weight: float | None, where: str) -> dict[str, np.ndarray]:
-        threshold = (
-            self.epsilon
+        given = (
+            None
             if min_weight is None
             else check_float(min_weight, "min_weight", where, low=0.0, low_open=False)
         )
-        parts: dict[str, list[np.ndarray]] = {"source": [], "target": [], "weight": []}
+        parts: dict[str, list[np.ndarray]] = {"source": [], "target": [], "weight": [], "cost": []}
         for l, pair in enumerate(zip(self.layers[:-1], self.layers[1:])):
-            E = self.edges[pair]
-            rows, cols = np.nonzero(E > threshold)
+            E, eps = self.edges[pair], self.epsilon_of(pair)
+            rows, cols = np.nonzero(E > (eps if given is None else given))
             parts["source"].append(self.offsets[l] + cols)
             parts["target"].append(self.offsets[l + 1] + rows)
             parts["weight"].append(E[rows, cols])
+            parts["cost"].append(degeneracy_cost(E[rows, cols], eps))
         out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
         out["source"] = out["source"].astype(np.int64)
         out["target"] = out["target"].astype(np.int64)
-        out["cost"] = degeneracy_cost(out["weight"], self.epsilon)
         return out
 
     def undirected_edges(self, weight: str = "cost") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -247,6 +285,16 @@ class InteractionGraph:
         return float(sum(c.sum() for c in self.costs().values()))
 
     # ---------------------------------------------------------------- exports
+    def epsilon_attributes(self) -> dict[str, float]:
+        """Graph attributes of the exports: ``epsilon``, and ``epsilon_{l}`` (the ε of the pair
+        from node layer ``l`` to ``l + 1``, by depth) for every pair when ``pair_epsilon`` is
+        set."""
+        attrs = {"epsilon": float(self.epsilon)}
+        if self.pair_epsilon is not None:
+            for l, pair in enumerate(zip(self.layers[:-1], self.layers[1:])):
+                attrs[f"epsilon_{l}"] = self.epsilon_of(pair)
+        return attrs
+
     def membership_array(self, membership: Any, where: str = "InteractionGraph") -> np.ndarray:
         """Membership as an int array ``(n_nodes,)`` in node order, from a dict (node id → label)
         or a sequence of labels in :attr:`node_ids` order; errors name ``where``."""
@@ -304,7 +352,7 @@ class InteractionGraph:
             attrs["module"] = m
         columns = {k: v.tolist() for k, v in attrs.items()}
         names = list(columns)
-        G = nx.DiGraph(epsilon=float(self.epsilon), n_alpha=int(self.n_alpha))
+        G = nx.DiGraph(**self.epsilon_attributes(), n_alpha=int(self.n_alpha))
         if self.tau is not None:
             G.graph["tau"] = float(self.tau)
         G.add_nodes_from(
@@ -339,7 +387,8 @@ class InteractionGraph:
             g.vs["module"] = m.tolist()
         g.es["weight"] = e["weight"].tolist()
         g.es["cost"] = e["cost"].tolist()
-        g["epsilon"] = float(self.epsilon)
+        for key, value in self.epsilon_attributes().items():
+            g[key] = value
         return g
 
     def to_graphml(
@@ -363,7 +412,7 @@ class InteractionGraph:
         if m is not None:
             attrs["module"] = m
         e = self._edge_list(min_weight, where)
-        meta: dict[str, Any] = {"epsilon": float(self.epsilon), "n_alpha": int(self.n_alpha)}
+        meta: dict[str, Any] = {**self.epsilon_attributes(), "n_alpha": int(self.n_alpha)}
         if self.tau is not None:
             meta["tau"] = float(self.tau)
         meta.update(graph_attributes or {})
@@ -385,8 +434,10 @@ class InteractionGraph:
         epsilon: float,
         layers: Sequence[str] | None = None,
         importance: Sequence[np.ndarray] | None = None,
+        pair_epsilon: Sequence[float] | None = None,
     ) -> InteractionGraph:
-        """Build a graph from a chain of matrices ``E_l (k_{l+1}, k_l)`` (e.g. synthetic ones)."""
+        """Build a graph from a chain of matrices ``E_l (k_{l+1}, k_l)`` (e.g. synthetic ones);
+        ``pair_epsilon``: one ε per matrix, overriding ``epsilon``."""
         where = "InteractionGraph.from_matrices"
         epsilon = check_float(epsilon, "epsilon", where, low=0.0)
         mats = [np.asarray(E, dtype=np.float64) for E in edges]
@@ -410,15 +461,24 @@ class InteractionGraph:
                     f"{len(sizes)} (one per node layer)."
                 )
         layers = list(_check_layers(layers, where))
+        pairs = list(zip(layers[:-1], layers[1:]))
+        if pair_epsilon is not None and len(pair_epsilon) != len(mats):
+            raise ModgraphValueError(
+                f"{where}: pair_epsilon has {len(pair_epsilon)} entries for {len(mats)} "
+                "matrices; give one ε per matrix."
+            )
         return cls(
             layers=tuple(layers),
-            edges={(a, b): E for a, b, E in zip(layers[:-1], layers[1:], mats)},
+            edges={pair: E for pair, E in zip(pairs, mats)},
             importance=dict(zip(layers, importance)),
             epsilon=epsilon,
+            pair_epsilon=None if pair_epsilon is None else dict(zip(pairs, pair_epsilon)),
         )
 
     def __repr__(self) -> str:
         return (
             f"InteractionGraph(layers={list(self.layers)}, features={list(self.sizes)}, "
-            f"epsilon={self.epsilon:.3g})"
+            f"epsilon={self.epsilon:.3g}"
+            + ("" if self.pair_epsilon is None else ", epsilon per pair")
+            + ")"
         )

@@ -1,21 +1,10 @@
-"""Interaction strengths between the features of adjacent node layers (arXiv 2405.10927 §3).
+"""The interaction graph: edges between the features of adjacent node layers (arXiv 2405.10927 §3).
 
-For features ``f̂_l`` and ``f̂_{l+1}`` of adjacent node layers::
-
-    E[i, j] = E_x[ ( ∫₀¹ ∂f̂_{l+1,i}/∂f̂_{l,j} |_{μ + α ã_l} dα · f̂_{l,j}(x) )² ]
-
-(rows: target features, columns: source features). By default the integral is the gradient at
-``α = 1`` (gradient × input, squared); ``n_alpha > 1`` uses Gauss–Legendre quadrature on ``[0, 1]``,
-evaluating the Jacobian at activations ``μ + α (a − μ)``. With ``Γ(x) = ∂f̂_{l+1}/∂f̂_l =
-C_{l+1}ᵀ J(x) C_l⁺ᵀ``, every sum is a float64 accumulation over batches of ``(Γ ⊙ f̂_lᵀ)²``:
-
-- elementwise sections ``a_{l+1} = σ(W a_l + b)``: ``Γ(x) = C_{l+1}ᵀ diag(σ̄'(x)) W C_l⁺ᵀ`` with
-  ``σ̄'`` the quadrature average of ``σ'``, one batched matrix product per batch, no autograd;
-  a Linear→Linear junction has a constant ``Γ`` and ``E = Γ² ∘ Λ_l`` needs no pass at all;
-- any other section: batched vector–Jacobian products (one per target feature) by autograd.
-
-With ``ties="rotate"`` the same passes also sum the moments of tied feature pairs
-(:mod:`modgraph.ties`)."""
+The edges ``E`` are summed by :mod:`modgraph.kernels`; here they become an
+:class:`~modgraph.graph.InteractionGraph` with the tolerance ``ε`` of the degeneracy cost, after
+tied features are turned where asked (``ties="rotate"``, :mod:`modgraph.ties`), and
+:func:`interaction_graph` is the public stage.
+"""
 
 from __future__ import annotations
 
@@ -33,263 +22,19 @@ from .basis import InteractionBasis, fit_bases, measure_statistics, turn_basis
 from .capture import Session, session
 from .errors import ModgraphValueError
 from .graph import InteractionGraph
-from .jacobian import (
-    chunk_rows,
-    cotangents,
-    elementwise_derivative,
-    linear_preactivation,
-    narrowing_linear,
-    section_vjp,
-    sign_vectors,
-)
+from .kernels import compute_edges
 from .options import Options
-from .plan import Section
 from .ties import TieSums, untie
 
-__all__ = ["default_epsilon", "interaction_graph", "quadrature"]
+__all__ = ["default_epsilon", "interaction_graph"]
 
 logger = logging.getLogger("modgraph")
-
-#: Elements of the per-sample edge products built at once (about 8 MB: stays in cache).
-CACHE_ELEMENTS = 2**20
-
-
-def quadrature(n_alpha: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes and weights on ``[0, 1]``: ``α = 1`` for ``n_alpha = 1``, else Gauss–Legendre."""
-    if n_alpha == 1:
-        return np.ones(1), np.ones(1)
-    t, w = np.polynomial.legendre.leggauss(n_alpha)
-    return (t + 1) / 2, w / 2
 
 
 def default_epsilon(bases: Mapping[str, InteractionBasis], tau: float) -> float:
     """``ε = τ · tr Cov(output)``: interactions below a fraction τ of output variance are free."""
     output = list(bases.values())[-1]  # the model output is the last node layer
     return float(tau * output.gram_eigenvalues.sum())
-
-
-class _LayerTensors:
-    """Basis tensors of one node layer on the compute device (float64)."""
-
-    def __init__(self, basis: InteractionBasis, device: torch.device) -> None:
-        arrays = (basis.mean, basis.C, basis.C_pinv, basis.eigenvalues)
-        tensors = [torch.tensor(a, dtype=torch.float64, device=device) for a in arrays]
-        self.mean, self.C, self.C_pinv, self.eigenvalues = tensors
-
-
-def _elementwise_edges_batch(
-    section: Section,
-    a: torch.Tensor,
-    src: _LayerTensors,
-    dst: _LayerTensors,
-    alphas: np.ndarray,
-    weights: np.ndarray,
-    ties: TieSums | None = None,
-) -> torch.Tensor:
-    """Σ over the rows of ``a`` of ``(Γ(x) ⊙ f̂(x))²`` for an elementwise section, (k', k);
-    with ``ties``, the moments of the tied pairs are added to it in the same chunks."""
-    assert section.linear is not None
-    W = section.linear.weight.to(torch.float64)
-    P = dst.C.T  # (k', d')
-    Q = W @ src.C_pinv.T  # (d', k)
-    centred = a.to(torch.float64) - src.mean
-    f = centred @ src.C  # (B, k)
-    slope = torch.zeros((a.shape[0], W.shape[0]), dtype=torch.float64, device=a.device)
-    for alpha, w in zip(alphas, weights):
-        point = (src.mean + float(alpha) * centred).to(a.dtype)
-        slope += float(w) * elementwise_derivative(section, linear_preactivation(section, point))
-    k_next, d_next, k = P.shape[0], P.shape[1], Q.shape[1]
-    total = torch.zeros((k_next, k), dtype=torch.float64, device=a.device)
-    if k_next == 0 or k == 0:
-        return total
-    # Small chunks keep the per-sample products in cache, so the elementwise work after the
-    # matrix product costs little (measured: 65 % → ~100 % of the GEMM rate at 8 rows).
-    rows = max(1, CACHE_ELEMENTS // max(1, k_next * max(d_next, k)))
-    for s, fc in zip(slope.split(rows), f.split(rows)):
-        # Γ(x) = P diag(s(x)) Q for a chunk of rows at once: (b·k', d') @ (d', k)
-        gamma = ((P[None] * s[:, None, :]).reshape(-1, d_next) @ Q).reshape(-1, k_next, k)
-        if ties is not None:  # (k', 1, b, 1, k) against (b, 1, k)
-            ties.add(
-                section.key,
-                gamma.permute(1, 0, 2)[:, None, :, None, :],
-                fc[:, None, :],
-            )
-        gamma.square_()
-        gamma *= fc.square()[:, None, :]
-        total += gamma.sum(0)
-    return total
-
-
-def _junction_edges(
-    section: Section, src: _LayerTensors, dst: _LayerTensors, ties: TieSums | None = None
-) -> torch.Tensor:
-    """Linear→Linear junction: Γ = C_{l+1}ᵀ W C_l⁺ᵀ is constant, so E = Γ² · Λ_l (exact), and
-    the tie moments follow from ``E[f̂ f̂ᵀ] = diag(Λ_l)`` in closed form."""
-    assert section.linear is not None
-    gamma = dst.C.T @ section.linear.weight.to(torch.float64) @ src.C_pinv.T
-    if ties is not None:
-        ties.add_constant(section.key, gamma, src.eigenvalues)
-    return gamma.square() * src.eigenvalues[None, :]
-
-
-def _edge_cotangents(
-    C_next: torch.Tensor,
-    batch: int,
-    n_positions: int,
-    n_sources: int | None,
-    gen: torch.Generator | None,
-) -> torch.Tensor:
-    """Cotangents ``(k'·m, B, P', d')`` for the edges, target feature outer: one per output
-    position (``m = P'``: :func:`~modgraph.jacobian.cotangents`), or ``m = R`` random-sign
-    combinations of the output positions ``Σ_t φ_t e_t ⊗ c_i / √R`` (when ``n_sources`` is set
-    and ``P' > 1``)."""
-    if n_sources is None or n_positions == 1:
-        return cotangents(C_next, batch, None, None, n_positions)
-    assert gen is not None
-    d_next, k = C_next.shape
-    phi = sign_vectors(gen, (k, n_sources, batch, n_positions), n_sources, C_next.device)
-    cot = phi[..., None] * C_next.T[:, None, None, None, :]  # (k', R, B, P', d')
-    return cot.reshape(k * n_sources, batch, n_positions, d_next)
-
-
-def _autograd_edges(
-    sess: Session,
-    section: Section,
-    src: _LayerTensors,
-    dst: _LayerTensors,
-    alphas: np.ndarray,
-    weights: np.ndarray,
-    n_sources: int | None = None,
-    gen: torch.Generator | None = None,
-    ties: TieSums | None = None,
-) -> torch.Tensor:
-    """E for a general section by batched VJPs at each α: one per target feature and output
-    position (or random-sign combinations of the output positions), in rows space, so that
-    ``Σ_s Γ_{t,s} f̂_s`` is a sum over the source rows of one sample."""
-    k_next, k = dst.C.shape[1], src.C.shape[1]
-    total = torch.zeros((k_next, k), dtype=torch.float64, device=sess.device)
-    if k_next == 0 or k == 0:
-        return total
-    plan = sess.plan
-    src_layout = plan.layouts[section.source]
-    P, P_next = src_layout.n_positions, plan.layouts[section.target].n_positions
-    per_feature = n_sources if (n_sources is not None and P_next > 1) else P_next
-    n_vec = k_next * per_feature
-    d = plan.dims[section.source]
-    width = max(d * P, plan.dims[section.target] * P_next, k * P)
-    rows = chunk_rows(n_vec, width, sess.batch_size)
-
-    def cotangent(b: int) -> torch.Tensor:
-        return _edge_cotangents(dst.C, b, P_next, n_sources, gen)
-
-    # the mean in the source's own layout (channels first: one value per channel)
-    raw_mean = (
-        src.mean.reshape(-1, *([1] * len(src_layout.positions)))
-        if src_layout.channels_first
-        else src.mean
-    )
-    linear = narrowing_linear(sess, section)
-    # through a narrowing Linear: Γ = (∂f̂'/∂z) (W C⁺ᵀ), with the VJPs d_out wide instead of d
-    folded = None if linear is None else linear.weight.detach().to(torch.float64) @ src.C_pinv.T
-    count = 0  # output rows: samples × analysed output positions
-    for x in sess.batches(f"edges {section.source}", rows):
-        count += x.shape[0] * P_next
-        grad_a = grad_z = a = None
-        for alpha, w in zip(alphas, weights):
-
-            def point(v: torch.Tensor, alpha: float = float(alpha)) -> torch.Tensor:
-                return (raw_mean + alpha * (v.to(torch.float64) - raw_mean)).to(v.dtype)
-
-            a, g_a, g_z = section_vjp(
-                sess,
-                section,
-                x,
-                cotangent,
-                point if alpha != 1.0 else None,
-                at_output=folded is not None,
-            )
-            if g_a is not None:
-                g_a = float(w) * g_a.to(torch.float64)
-                grad_a = g_a if grad_a is None else grad_a + g_a
-            if g_z is not None:
-                g_z = float(w) * g_z.to(torch.float64)
-                grad_z = g_z if grad_z is None else grad_z + g_z
-        if grad_a is None and grad_z is None:
-            continue
-        assert a is not None
-        f = (a.to(torch.float64) - src.mean) @ src.C  # (B, P, k)
-        gamma = grad_z @ folded if grad_z is not None else 0.0  # (n, B, P, k)
-        if grad_a is not None:
-            gamma = gamma + grad_a @ src.C_pinv.T
-        assert isinstance(gamma, torch.Tensor)
-        if ties is not None:
-            ties.add(
-                section.key,
-                gamma.reshape(k_next, per_feature, *gamma.shape[1:]),
-                f,
-            )
-        if P == 1:  # one source position: (Γ f)² = Γ² f², without the (n, B, 1, k) product
-            gamma = gamma[:, :, 0]
-            gamma.square_()
-            gamma *= f[:, 0].square()[None]
-        else:
-            gamma = (gamma * f[None]).sum(2).square_()  # (Σ_s Γ_{t,s} f̂_s)², (n, B, k)
-        total += gamma.reshape(k_next, -1, k).sum(1)
-    if ties is not None:
-        ties.finish(section.key, max(count, 1))
-    return total / max(count, 1)
-
-
-def compute_edges(
-    sess: Session,
-    bases: Mapping[str, InteractionBasis],
-    *,
-    n_alpha: int,
-    n_sources: int | None = None,
-    seed: int = 0,
-    ties: TieSums | None = None,
-    only: Iterable[tuple[str, str]] | None = None,
-) -> dict[tuple[str, str], np.ndarray]:
-    """``E`` for every section (or the sections ``only`` names): one shared pass for the
-    elementwise sections with a nonlinearity (per row: a sample at one position), none for
-    junctions, one autograd pass per other section (with ``n_sources`` random-sign
-    combinations of output positions where a target has several). With ``ties``, the moments
-    of the tied pairs are summed into it in the same passes."""
-    tensors = {n: _LayerTensors(b, sess.device) for n, b in bases.items()}
-    alphas, weights = quadrature(n_alpha)
-    sections = sess.plan.sections
-    if only is not None:
-        wanted = set(only)
-        sections = [s for s in sections if (s.source, s.target) in wanted]
-    shared = [s for s in sections if s.elementwise and s.activation is not None]
-    sums: dict[tuple[str, str], torch.Tensor] = {}
-    rows: dict[tuple[str, str], int] = {}
-    if shared:
-        with torch.no_grad():
-            for x in sess.batches("edges (elementwise)"):
-                acts = sess.tracer.run(x, record=[s.source for s in shared])
-                for s in shared:
-                    a, src, dst = acts[s.source], tensors[s.source], tensors[s.target]
-                    part = _elementwise_edges_batch(s, a, src, dst, alphas, weights, ties)
-                    sums[s.key] = sums[s.key] + part if s.key in sums else part
-                    rows[s.key] = rows.get(s.key, 0) + a.shape[0]
-    gen = None
-    if n_sources is not None:
-        gen = torch.Generator(device=sess.device)
-        gen.manual_seed(seed)
-    out: dict[tuple[str, str], np.ndarray] = {}
-    for s in sections:
-        key, src, dst = s.key, tensors[s.source], tensors[s.target]
-        if s.elementwise and s.activation is None:
-            E = _junction_edges(s, src, dst, ties)
-        elif s.elementwise:
-            E = sums[key] / rows[key]
-            if ties is not None:
-                ties.finish(key, rows[key])
-        else:
-            E = _autograd_edges(sess, s, src, dst, alphas, weights, n_sources, gen, ties)
-        out[key] = E.cpu().numpy()
-    return out
 
 
 def resolve_ties(

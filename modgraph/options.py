@@ -35,6 +35,14 @@ __all__ = ["Options"]
 #: given has no use for them).
 BASIS_FIELDS = ("variant", "basis", "rtol", "n_random_sources", "output_basis", "seed")
 
+#: ``loss_tolerance`` of ``epsilon="ablation"`` when none is given: cutting a layer pair's weak
+#: interactions may change the output by at most 1 % of its variance (the ablated network
+#: still explains 99 % of it; see docs/faithfulness.md for what that does to accuracy).
+DEFAULT_LOSS_TOLERANCE = 1e-2
+
+#: ``epsilon`` spelled as a word: ε per layer pair from edge ablations (``find_modules`` only).
+ABLATION = "ablation"
+
 
 @dataclass(frozen=True)
 class Options:
@@ -47,7 +55,13 @@ class Options:
     variant, basis, rtol, n_random_sources, output_basis, seed
         How the bases are fitted (``seed`` also seeds the Leiden restarts and random sources).
     n_alpha, epsilon, tau, ties
-        How interaction strengths and their tolerance are measured.
+        How interaction strengths and their tolerance are measured (``epsilon="ablation"``,
+        in ``find_modules`` only: ε per layer pair from edge ablations, see
+        :mod:`modgraph.faithfulness`).
+    loss_tolerance
+        With ``epsilon="ablation"``: the largest mean squared change of the model output that
+        cutting a layer pair's edges below ε may cause, as a share of ``tr Cov(output)``
+        (None: :data:`DEFAULT_LOSS_TOLERANCE`; raises without ``epsilon="ablation"``).
     resolution, n_restarts, n_modules, min_module_share
         How the Leiden search runs.
     hamming_tol, attention_tol
@@ -71,9 +85,10 @@ class Options:
     output_basis: str = "identity"
     seed: int = 0
     n_alpha: int = 1
-    epsilon: float | None = None
+    epsilon: float | str | None = None
     tau: float = 1e-4
     ties: str = "keep"
+    loss_tolerance: float | None = None
     resolution: float = 1.0
     n_restarts: int = 8
     n_modules: int | None = None
@@ -108,14 +123,19 @@ class Options:
         check_choice(self.output_basis, "output_basis", where, ("identity", "pca"))
         seed = check_seed(self.seed, where)
         n_alpha = check_int(self.n_alpha, "n_alpha", where, minimum=1)
-        epsilon = self.epsilon
-        if epsilon is not None:
-            if not isinstance(epsilon, numbers.Real) or isinstance(epsilon, bool):
-                raise ModgraphTypeError(
-                    f"The 'epsilon' parameter of {where} must be a float > 0 or None (then "
-                    f"ε = τ · tr Cov(output)). Got {epsilon!r}."
+        epsilon = _check_epsilon(self.epsilon, where)
+        loss_tolerance = self.loss_tolerance
+        measures_epsilon = epsilon == ABLATION or where == "ablation_epsilon"
+        if loss_tolerance is not None:
+            if not measures_epsilon:
+                raise ModgraphValueError(
+                    f"The 'loss_tolerance' parameter of {where} applies only with "
+                    "epsilon='ablation' (it bounds the output change of the edge ablations that "
+                    "choose ε). Pass epsilon='ablation' too, or leave loss_tolerance out."
                 )
-            epsilon = check_float(epsilon, "epsilon", where, low=0.0)
+            loss_tolerance = check_float(loss_tolerance, "loss_tolerance", where, low=0.0)
+        elif measures_epsilon:
+            loss_tolerance = DEFAULT_LOSS_TOLERANCE
         tau = check_float(self.tau, "tau", where, low=0.0)
         # above 1e9 every feature is alone on any graph, and Q_deg's terms overflow near 1e308
         resolution = check_float(
@@ -147,6 +167,7 @@ class Options:
             n_alpha=n_alpha,
             epsilon=epsilon,
             tau=tau,
+            loss_tolerance=loss_tolerance,
             resolution=resolution,
             n_restarts=n_restarts,
             n_modules=n_modules,
@@ -174,6 +195,27 @@ class Options:
         """Names of the basis-fitting options that differ from their defaults."""
         default = Options()
         return [f for f in BASIS_FIELDS if getattr(self, f) != getattr(default, f)]
+
+
+def _check_epsilon(value: Any, where: str) -> float | str | None:
+    """``epsilon``: None, a float > 0, or ``"ablation"`` where :func:`find_modules` is called."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value == ABLATION:
+        if where != "find_modules":
+            raise ModgraphValueError(
+                f"The 'epsilon' parameter of {where} can be 'ablation' only in find_modules "
+                "(which measures the edge ablations that choose ε per layer pair). Pass a "
+                "float > 0 or None here."
+            )
+        return value
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        hint = " or 'ablation'" if where == "find_modules" else ""
+        raise ModgraphTypeError(
+            f"The 'epsilon' parameter of {where} must be a float > 0{hint} or None (then "
+            f"ε = τ · tr Cov(output)). Got {value!r}."
+        )
+    return check_float(value, "epsilon", where, low=0.0)
 
 
 def _check_positions(value: Any, where: str) -> tuple[int, ...] | None:

@@ -44,7 +44,7 @@ class ModuleResult:
 
     Everything else is derived on access: ``modules``, ``membership`` (the partition's array),
     ``module_of`` (node id → module), ``score``, ``cross_cost``, ``cross_fraction``,
-    ``resolution``, ``seed``, ``epsilon``, ``bases``, ``edges`` and ``graph`` (a networkx
+    ``resolution``, ``seed``, ``epsilon``, ``pair_epsilon``, ``bases``, ``edges`` and ``graph`` (a networkx
     ``DiGraph``, built on first access and then kept).
 
     Examples
@@ -132,6 +132,13 @@ class ModuleResult:
         return self.interaction_graph.epsilon
 
     @property
+    def pair_epsilon(self) -> Mapping[tuple[str, str], float]:
+        """ε of every adjacent layer pair (all equal to :attr:`epsilon` unless they were chosen
+        per pair, as ``find_modules(epsilon="ablation")`` does)."""
+        g = self.interaction_graph
+        return {pair: g.epsilon_of(pair) for pair in g.edges}
+
+    @property
     def bases(self) -> Mapping[str, InteractionBasis]:
         """The interaction bases the edges were computed in (empty for a synthetic graph)."""
         bases = self.interaction_graph.bases
@@ -189,6 +196,10 @@ class ModuleResult:
             f"at resolution {self.resolution:.4g}; cross-module cost {self.cross_cost:.4g} nats "
             f"({100 * self.cross_fraction:.2f}% of total); epsilon={self.epsilon:.3g}"
         )
+        if self.interaction_graph.pair_epsilon is not None:
+            head += "; epsilon per layer pair: " + ", ".join(
+                f"{a}→{b}: {e:.3g}" for (a, b), e in self.pair_epsilon.items()
+            )
         lines = [
             head,
             f"{'module':>6} {'size':>5} {'layers':<24} {'internal':>10} {'external':>10}  top",
@@ -213,6 +224,7 @@ class ModuleResult:
             "cross_cost": self.cross_cost,
             "cross_fraction": self.cross_fraction,
             "epsilon": self.epsilon,
+            "pair_epsilon": {f"{a}->{b}": e for (a, b), e in self.pair_epsilon.items()},
             "resolution": self.resolution,
             "seed": self.seed,
             "layers": list(self.interaction_graph.layers),

@@ -35,12 +35,14 @@ FLOORS = {
     "jacobian": 5,
     "moments": 6,
     "basis": 7,
-    "ties": 3,
     "graph": 2,
     "interactions": 8,
     "modularity": 3,
     "cluster": 4,
     "result": 9,
+    "faithfulness": 9,  # ablations through capture, graphs from interactions
+    "ties": 3,
+    "kernels": 7,  # edge kernels: capture, jacobian, ties; InteractionBasis only as a type
     "plot": 10,
     "degeneracy": 7,
     "api": 10,

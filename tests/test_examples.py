@@ -89,7 +89,8 @@ def test_mnist(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "name", ["two_tasks", "digits", "invariance", "mnist", "cnn", "modular_addition"]
+    "name",
+    ["two_tasks", "digits", "invariance", "mnist", "cnn", "modular_addition", "faithfulness"],
 )
 def test_help_and_defaults(name, capsys):
     module = load(name)
@@ -125,3 +126,26 @@ def test_modular_addition(tmp_path, capsys):
     assert first, text
     counts = [int(c) for c in first.groups()]
     assert all(c > 0 for c in counts), text
+
+
+@pytest.mark.slow
+def test_faithfulness(tmp_path, capsys):
+    text = run("faithfulness", tmp_path, capsys)
+    assert_pngs(
+        tmp_path,
+        [
+            "two_tasks_features.png",
+            "two_tasks_edges.png",
+            "mnist_features.png",
+            "mnist_edges.png",
+            "mnist_accuracy.png",
+        ],
+    )
+    # the interaction basis keeps fewer features than the neurons for the same loss
+    for layer in ("0", "layers.1"):
+        kept = re.search(
+            rf"features of {re.escape(layer)}: interaction (\d+)/\d+.*neuron (\d+)/\d+", text
+        )
+        assert kept and int(kept.group(1)) < int(kept.group(2)), text
+    assert len(re.findall(r"held-out relative loss ([\d.]+)", text)) == 6, text
+    assert text.count("edges that carry 50 / 90 / 99 %") == 2, text

@@ -29,6 +29,26 @@ def test_edges_match_brute_force(case, n_alpha):
         np.testing.assert_allclose(E, R, rtol=1e-8, atol=1e-8 * R.max(), err_msg=str(pair))
 
 
+@pytest.mark.parametrize("n_alpha", [1, 2])
+def test_sparse_relu_kernel_matches_brute_force(monkeypatch, n_alpha):
+    """The elementwise kernel skips each row's inactive ReLUs on wide layers: forced on at
+    every width here, it must give the brute-force edges, and the dense kernel's to 1e-12."""
+    from modgraph import kernels
+
+    case = CASES[0]  # ReLU MLP
+    assert isinstance(case.model[1], nn.ReLU)
+    bases = interaction_basis(case.model, case.x, progress=False)
+    dense = interaction_graph(case.model, case.x, bases, n_alpha=n_alpha, progress=False).edges
+    monkeypatch.setattr(kernels, "SPARSE_MIN_WIDTH", 1)
+    monkeypatch.setattr(kernels, "SPARSE_MAX_SHARE", 1.0)
+    sparse = interaction_graph(case.model, case.x, bases, n_alpha=n_alpha, progress=False).edges
+    ref_bases = [{"mean": b.mean, "C": b.C} for b in bases.values()]
+    ref = brute_edges(case.x, case.sections, ref_bases, n_alpha=n_alpha)
+    for (pair, E), R in zip(sparse.items(), ref):
+        np.testing.assert_allclose(E, R, rtol=1e-8, atol=1e-8 * R.max(), err_msg=str(pair))
+        assert np.abs(E - dense[pair]).max() <= 1e-12 * dense[pair].max()
+
+
 def test_integrated_gradient_differs_from_alpha_one_on_nonlinear_model():
     case = CASES[2]  # GELU: the Jacobian depends on the point, so the quadrature matters
     bases = interaction_basis(case.model, case.x, progress=False)

@@ -9,8 +9,9 @@ Three views of an interaction graph and its modules (a :class:`~modgraph.Partiti
 - :func:`plot_interactions`: the interaction matrix ``E`` of one layer pair as a heatmap, rows and
   columns sorted by module.
 
-and one of a :class:`~modgraph.DegeneracyReport`: :func:`plot_spectra`, the eigenvalue spectra
-per node layer (also :meth:`DegeneracyReport.plot_spectra`).
+one of a :class:`~modgraph.DegeneracyReport`: :func:`plot_spectra`, the eigenvalue spectra
+per node layer (also :meth:`DegeneracyReport.plot_spectra`), and one of ablation curves
+(:mod:`modgraph.faithfulness`): :func:`plot_ablation`, one line per basis.
 
 Every function draws into ``ax`` when given (else into a new :class:`matplotlib.figure.Figure`,
 which is not registered with pyplot, so nothing needs closing and nothing pops up), returns the
@@ -25,6 +26,7 @@ drawn as given, mathtext included.
 """
 
 from ._figure import SAVE_FORMATS
+from .ablation import plot_ablation
 from .colors import NO_MODULE_COLOR, module_colors
 from .matrices import plot_interactions, plot_module_map
 from .modules import plot_modules
@@ -34,6 +36,7 @@ __all__ = [
     "NO_MODULE_COLOR",
     "SAVE_FORMATS",
     "module_colors",
+    "plot_ablation",
     "plot_interactions",
     "plot_module_map",
     "plot_modules",

@@ -310,11 +310,16 @@ def plot_interactions(
     ax.set_title(title, fontsize=11, pad=14)
     cbar = fig.colorbar(im, ax=ax, pad=0.05, shrink=0.9)
     cbar.set_label("interaction strength E" + (" (log scale)" if log else ""))
-    if norm.vmin is not None and norm.vmax is not None and norm.vmin <= v.epsilon <= norm.vmax:
-        cbar.ax.axhline(v.epsilon, color="tab:cyan", linewidth=2.0)
+    # one ε line, unless the layer pairs have ε of their own (epsilon="ablation")
+    eps_all = {v.graph.epsilon_of(pair) for pair in zip(v.layers[:-1], v.layers[1:])}
+    eps = eps_all.pop() if len(eps_all) == 1 else None
+    if eps is not None and norm.vmin is not None and norm.vmax is not None and (
+        norm.vmin <= eps <= norm.vmax
+    ):
+        cbar.ax.axhline(eps, color="tab:cyan", linewidth=2.0)
         cbar.ax.text(
             -0.08,
-            v.epsilon,
+            eps,
             "ε",
             transform=cbar.ax.get_yaxis_transform(),
             ha="right",

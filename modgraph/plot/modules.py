@@ -214,7 +214,7 @@ def plot_modules(
         if cols.size == 0 or rows.size == 0:
             continue
         E = np.asarray(v.edges[pair], dtype=np.float64)[np.ix_(rows, cols)]
-        c = degeneracy_cost(E, v.epsilon)
+        c = degeneracy_cost(E, v.graph.epsilon_of(pair))
         r, k = np.nonzero(c > min_cost)
         srcs.append(v.offsets[d] + cols[k])
         dsts.append(v.offsets[d + 1] + rows[r])
