@@ -246,6 +246,11 @@ class Session:
     """The first input row ``(1, ...)``, read when the session started (for quantities that do
     not depend on the data, so that they need no pass)."""
 
+    def reduce(self, total: torch.Tensor) -> torch.Tensor:
+        """A float64 sum over this process's data, summed over every process of a distributed
+        run (issue 17); on one process, ``total`` itself."""
+        return total
+
     def batches(
         self, desc: str, batch_size: int | None = None, *, first_row_only: bool = False
     ) -> Iterator[torch.Tensor]:

@@ -255,8 +255,10 @@ def _autograd_edges(
         else:
             gamma = (gamma * f[None]).sum(2).square_()  # (Σ_s Γ_{t,s} f̂_s)², (n, B, k)
         total += gamma.reshape(k_next, -1, k).sum(1)
+    total = sess.reduce(total)
+    count = int(sess.reduce(torch.tensor(float(count), dtype=torch.float64, device=sess.device)))
     if ties is not None:
-        ties.finish(section.key, max(count, 1))
+        ties.finish(section.key, max(count, 1), sess.reduce)
     return total / max(count, 1)
 
 
@@ -318,9 +320,14 @@ def compute_edges(
         if s.elementwise and s.activation is None:
             E = _junction_edges(s, src, dst, ties)
         elif s.elementwise:
-            E = sums[key] / rows[key]
+            n = torch.tensor(float(rows.get(key, 0)), dtype=torch.float64, device=sess.device)
+            n_all = max(int(sess.reduce(n)), 1)
+            mine = sums.get(key)  # none on a process whose shard of the data is empty
+            if mine is None:
+                mine = src.C.new_zeros((dst.C.shape[1], src.C.shape[1]))
+            E = sess.reduce(mine) / n_all
             if ties is not None:
-                ties.finish(key, rows[key])
+                ties.finish(key, n_all, sess.reduce)
         else:
             E = _autograd_edges(sess, s, src, dst, alphas, weights, n_sources, gen, ties)
         out[key] = E.cpu().numpy()

@@ -200,11 +200,17 @@ class TieSums:
             into = gamma[dst[:, 0]] * gamma[dst[:, 1]] * lam[None, :]
         self._store(key, out, into)
 
-    def finish(self, key: tuple[str, str], count: int) -> None:
-        """Turn the sums of the section ``key`` into means over its ``count`` rows."""
+    def finish(
+        self,
+        key: tuple[str, str],
+        count: int,
+        reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    ) -> None:
+        """Turn the sums of the section ``key`` into means over its ``count`` rows (``count``
+        of every process; ``reduce`` sums a tensor over the processes of a distributed run)."""
         for store in (self.out, self.into):
             if key in store:
-                store[key] = store[key] / count
+                store[key] = reduce(store[key]) / count
 
 
 def _cost(E: np.ndarray, epsilon: float) -> np.ndarray:
