@@ -126,7 +126,7 @@ def stage_flops(
     gram["matmul"] = sum(fwd) * (1 + probe) + sum(2.0 * n * d * d for d in dims)
     gram["matmul"] += sum(2.0 * n * dims[l + 1] ** 2 for l in range(L) if kinds[l] == "elementwise")
     basis["eigh"] = eigh_flops(dims[L])  # basis.fit_output: covariance_cut of the output
-    if "elementwise" in kinds:  # interactions.compute_edges: one shared forward pass
+    if "elementwise" in kinds:  # kernels.compute_edges: one shared forward pass
         edges["matmul"] = sum(fwd)
     for l, kind in enumerate(kinds):
         d, dn, k, kn, r = dims[l], dims[l + 1], ks[l], ks[l + 1], ranks[l]
@@ -156,15 +156,15 @@ def stage_flops(
                 basis["matmul"] += (
                     2.0 * n * kn * d * r + 2.0 * n * kn * r * r if project else 2.0 * n * kn * d * d
                 )
-        if kind == "junction":  # interactions._junction_edges: Γ = C'ᵀ W C⁺ᵀ, no data pass
+        if kind == "junction":  # kernels._junction_edges: Γ = C'ᵀ W C⁺ᵀ, no data pass
             edges["matmul"] += 2.0 * kn * dn * d + 2.0 * kn * d * k
-        elif kind == "elementwise":  # interactions._elementwise_edges_batch, every batch:
+        elif kind == "elementwise":  # kernels.elementwise_edges, every batch:
             # z = W a + b again (2·N·d·d'), features (2·N·d·k), Q = W C⁺ᵀ per batch, Γ GEMM
             edges["matmul"] += 2.0 * n * d * dn + 2.0 * n * d * k
             edges["matmul"] += math.ceil(n / batch_size) * 2.0 * dn * d * k
             edges["matmul"] += 2.0 * n * kn * dn * k
             edges["elementwise"] += n * kn * dn + 3.0 * n * kn * k  # P∘s; Γ², ∘f², Σ
-        elif k and kn:  # interactions._autograd_edges: forward to l+1, k' VJPs per row
+        elif k and kn:  # kernels._autograd_edges: forward to l+1, k' VJPs per row
             edges["matmul"] += sum(fwd[: l + 1]) + 2.0 * n * d * k
             if kind == "autograd_folded":  # (W C⁺ᵀ) once; Γ = (∂f̂'/∂z) (W C⁺ᵀ)
                 edges["matmul"] += 2.0 * dn * d * k + 2.0 * n * kn * dn * k

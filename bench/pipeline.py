@@ -7,7 +7,7 @@ runs several stages at once:
 - ``gram``: ``capture.session`` (plan, hooks) + ``basis.measure_statistics`` (one pass: means,
   covariances and the co-activation Grams ``E[σ'σ'ᵀ]`` that the elementwise shortcut needs);
 - ``basis``: ``basis.fit_bases`` (the Jacobian stage and the eigen-decompositions);
-- ``edges``: ``interactions.compute_edges``;
+- ``edges``: ``kernels.compute_edges``;
 - ``graph``: ``interactions.build_graph`` and ``InteractionGraph.edge_list``;
 - ``leiden``: ``cluster.leiden_modules`` (igraph build + Leiden restarts);
 - ``graphml``: ``InteractionGraph.to_graphml``.
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from modgraph import basis as mg_basis
-from modgraph import capture, cluster, interactions
+from modgraph import capture, cluster, interactions, kernels
 from modgraph.options import Options
 
 from .baseline import BaselineResult, mlp_sections, run_baseline
@@ -95,7 +95,7 @@ def run_pipeline(
         if graphml is None:
             return out
         with stage("edges"):
-            edges = interactions.compute_edges(
+            edges = kernels.compute_edges(
                 sess, bases, n_alpha=options.n_alpha, n_sources=n_sources, seed=options.seed
             )
     with stage("graph"):

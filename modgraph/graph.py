@@ -123,6 +123,10 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _frozen_all(arrays: dict[tuple[str, str], np.ndarray]) -> dict[tuple[str, str], np.ndarray]:
+    return {k: _frozen(v) for k, v in arrays.items()}
+
+
 @dataclass(frozen=True)
 class InteractionGraph:
     """Interaction strengths between the features of adjacent node layers.
@@ -147,6 +151,9 @@ class InteractionGraph:
     pair_epsilon : mapping of (str, str) to float, optional
         ``ε`` per adjacent layer pair, overriding ``epsilon`` for the pairs it names (e.g. from
         ``find_modules(epsilon="ablation")``); see :meth:`epsilon_of`.
+    edge_stderr : mapping of (str, str) to ndarray, shape (k_next, k), optional
+        Standard error of every edge when the edges come from a subsample
+        (``edge_samples=``); None when they are means over all the data.
     """
 
     layers: tuple[str, ...]
@@ -157,6 +164,7 @@ class InteractionGraph:
     n_alpha: int = 1
     bases: Mapping[str, InteractionBasis] | None = None
     pair_epsilon: Mapping[tuple[str, str], float] | None = None
+    edge_stderr: Mapping[tuple[str, str], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         where = "InteractionGraph"
@@ -190,6 +198,11 @@ class InteractionGraph:
             object.__setattr__(self, "bases", MappingProxyType(dict(self.bases)))
         if self.pair_epsilon is not None:
             object.__setattr__(self, "pair_epsilon", _check_pair_epsilon(self.pair_epsilon, edges))
+        if self.edge_stderr is not None:
+            err = {p: np.asarray(self.edge_stderr.get(p, []), dtype=np.float64) for p in edges}
+            if any(err[p].shape != E.shape for p, E in edges.items()):
+                raise ModgraphValueError(f"{where}: edge_stderr needs one array like E per pair.")
+            object.__setattr__(self, "edge_stderr", MappingProxyType(_frozen_all(err)))
 
     def epsilon_of(self, pair: tuple[str, str]) -> float:
         """``ε`` of the layer pair ``(layer, next_layer)``: its entry in ``pair_epsilon``, or

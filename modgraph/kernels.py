@@ -44,7 +44,14 @@ from .ties import TieSums
 if TYPE_CHECKING:
     from .basis import InteractionBasis
 
-__all__ = ["CACHE_ELEMENTS", "LayerTensors", "compute_edges", "elementwise_edges", "quadrature"]
+__all__ = [
+    "CACHE_ELEMENTS",
+    "LayerTensors",
+    "Subsample",
+    "compute_edges",
+    "elementwise_edges",
+    "quadrature",
+]
 
 
 #: Elements of the per-sample edge products built at once (about 8 MB: stays in cache).
@@ -72,6 +79,40 @@ class LayerTensors:
         arrays = (basis.mean, basis.C, basis.C_pinv, basis.eigenvalues)
         tensors = [torch.tensor(a, dtype=torch.float64, device=device) for a in arrays]
         self.mean, self.C, self.C_pinv, self.eigenvalues = tensors
+        self.k = int(self.C.shape[1])
+
+
+class Subsample:
+    """A seeded random subsample of the data points, the same on every pass: point ``i`` is
+    kept when a hash of ``(seed, i)`` (splitmix64) falls below ``n_keep / n_total``.
+
+    The standard error of an edge (a mean over kept units ``u``, each a row of an elementwise
+    section or a data point of an autograd one) is ``√(s²/n · (1 − n/N))``, ``s²`` the sample
+    variance of ``u`` and ``(1 − n/N)`` the finite-population correction (the full-data value is
+    the target, and it contains the subsample); rows of one data point are taken as independent.
+    """
+
+    def __init__(self, n_keep: int, n_total: int, seed: int) -> None:
+        self.share = min(1.0, n_keep / max(n_total, 1))
+        self.seed = np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
+
+    def keep(self, offset: int, n: int, device: torch.device) -> torch.Tensor:
+        """Which of the data points ``offset … offset + n − 1`` are in the subsample, (n,)."""
+        with np.errstate(over="ignore"):
+            z = np.arange(offset, offset + n, dtype=np.uint64)
+            z = z + self.seed * np.uint64(0x9E3779B97F4A7C15)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z = z ^ (z >> np.uint64(31))
+        u = (z >> np.uint64(11)).astype(np.float64) / float(2**53)
+        return torch.from_numpy(u < self.share).to(device)
+
+    def stderr(self, mean: torch.Tensor, squares: torch.Tensor, n: int) -> torch.Tensor:
+        """Standard error of ``mean`` from the sum of squares of ``n`` kept units."""
+        if n < 2:
+            return torch.full_like(mean, float("inf"))
+        variance = (squares / n - mean.square()).clamp(min=0.0) * (n / (n - 1))
+        return (variance / n * max(0.0, 1.0 - self.share)).sqrt()
 
 
 def elementwise_edges(
@@ -83,13 +124,15 @@ def elementwise_edges(
     weights: np.ndarray,
     ties: TieSums | None = None,
     products: torch.dtype = torch.float64,
+    squares: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Σ over the rows of ``a`` of ``(Γ(x) ⊙ f̂(x))²`` for an elementwise section, (k', k);
     with ``ties``, the moments of the tied pairs are added to it in the same chunks.
 
     ``products=torch.float32`` builds each chunk's ``Γ`` and its squares in float32 (the
     chunk's sum over at most :data:`CACHE_ELEMENTS` / (k'·d') rows too); the sum over chunks
-    stays float64."""
+    stays float64. With ``squares`` (k', k), the sum over rows of each row's value squared
+    is added to it (for the standard error of a subsample)."""
     assert section.linear is not None
     W = section.linear.weight.to(torch.float64)
     P = dst.C.T  # (k', d')
@@ -121,6 +164,8 @@ def elementwise_edges(
         gamma.square_()
         gamma *= fc.square().to(products)[:, None, :]
         total += gamma.sum(0)
+        if squares is not None:
+            squares += gamma.square().sum(0)
     return total
 
 
@@ -182,14 +227,17 @@ def _autograd_edges(
     n_sources: int | None = None,
     gen: torch.Generator | None = None,
     ties: TieSums | None = None,
-) -> torch.Tensor:
+    subsample: Subsample | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """E for a general section by batched VJPs at each α: one per target feature and output
     position (or random-sign combinations of the output positions), in rows space, so that
-    ``Σ_s Γ_{t,s} f̂_s`` is a sum over the source rows of one sample."""
+    ``Σ_s Γ_{t,s} f̂_s`` is a sum over the source rows of one sample. With ``subsample``, on
+    its data points only, and also the standard error of E (else None)."""
     k_next, k = dst.C.shape[1], src.C.shape[1]
     total = torch.zeros((k_next, k), dtype=torch.float64, device=sess.device)
+    squares = None if subsample is None else torch.zeros_like(total)
     if k_next == 0 or k == 0:
-        return total
+        return total, squares
     plan = sess.plan
     src_layout = plan.layouts[section.source]
     P, P_next = src_layout.n_positions, plan.layouts[section.target].n_positions
@@ -212,7 +260,12 @@ def _autograd_edges(
     # through a narrowing Linear: Γ = (∂f̂'/∂z) (W C⁺ᵀ), with the VJPs d_out wide instead of d
     folded = None if linear is None else linear.weight.detach().to(torch.float64) @ src.C_pinv.T
     count = 0  # output rows: samples × analysed output positions
+    seen = 0  # data points streamed (for the subsample's draw)
     for x in sess.batches(f"edges {section.source}", rows):
+        if subsample is not None:
+            x, seen = x[subsample.keep(seen, x.shape[0], x.device)], seen + x.shape[0]
+            if x.shape[0] == 0:
+                continue
         count += x.shape[0] * P_next
         grad_a = grad_z = a = None
         for alpha, w in zip(alphas, weights):
@@ -255,11 +308,17 @@ def _autograd_edges(
         else:
             gamma = (gamma * f[None]).sum(2).square_()  # (Σ_s Γ_{t,s} f̂_s)², (n, B, k)
         total += gamma.reshape(k_next, -1, k).sum(1)
+        if squares is not None:  # per data point: its mean over the copies of each target
+            unit = gamma.reshape(k_next, per_feature, -1, k).sum(1) / P_next
+            squares += unit.square().sum(1)
     total = sess.reduce(total)
     count = int(sess.reduce(torch.tensor(float(count), dtype=torch.float64, device=sess.device)))
     if ties is not None:
         ties.finish(section.key, max(count, 1), sess.reduce)
-    return total / max(count, 1)
+    E = total / max(count, 1)
+    if squares is None or subsample is None:
+        return E, None
+    return E, subsample.stderr(E, sess.reduce(squares), count // P_next)
 
 
 @contextlib.contextmanager
@@ -283,6 +342,8 @@ def compute_edges(
     ties: TieSums | None = None,
     only: Iterable[tuple[str, str]] | None = None,
     precision: str = "float64",
+    subsample: Subsample | None = None,
+    stderr: dict[tuple[str, str], np.ndarray] | None = None,
 ) -> dict[tuple[str, str], np.ndarray]:
     """``E`` for every section (or the sections ``only`` names): one shared pass for the
     elementwise sections with a nonlinearity (per row: a sample at one position), none for
@@ -290,7 +351,9 @@ def compute_edges(
     combinations of output positions where a target has several). With ``ties``, the moments
     of the tied pairs are summed into it in the same passes. ``precision`` ``"float32"`` or
     ``"tf32"`` (TensorFloat-32 on CUDA, float32 elsewhere) is that of the elementwise
-    kernel's products; every sum over chunks of rows stays float64."""
+    kernel's products; every sum over chunks of rows stays float64. With ``subsample``, the
+    passes run on its data points only and ``stderr`` receives the standard error of every
+    section's E (junctions: 0, they need no data)."""
     tensors = {n: LayerTensors(b, sess.device) for n, b in bases.items()}
     alphas, weights = quadrature(n_alpha)
     sections = sess.plan.sections
@@ -299,15 +362,26 @@ def compute_edges(
         sections = [s for s in sections if (s.source, s.target) in wanted]
     shared = [s for s in sections if s.elementwise and s.activation is not None]
     sums: dict[tuple[str, str], torch.Tensor] = {}
+    squares: dict[tuple[str, str], torch.Tensor] = {}
     rows: dict[tuple[str, str], int] = {}
+    seen = 0
     products = torch.float64 if precision == "float64" else torch.float32
     if shared:
         with torch.no_grad(), _tf32(precision == "tf32" and sess.device.type == "cuda"):
             for x in sess.batches("edges (elementwise)"):
+                if subsample is not None:
+                    x, seen = x[subsample.keep(seen, x.shape[0], x.device)], seen + x.shape[0]
+                    if x.shape[0] == 0:
+                        continue
                 acts = sess.tracer.run(x, record=[s.source for s in shared])
                 for s in shared:
                     a, src, dst = acts[s.source], tensors[s.source], tensors[s.target]
-                    part = elementwise_edges(s, a, src, dst, alphas, weights, ties, products)
+                    sq = None
+                    if subsample is not None:
+                        sq = squares.setdefault(s.key, src.C.new_zeros((dst.C.shape[1], src.k)))
+                    part = elementwise_edges(
+                        s, a, src, dst, alphas, weights, ties, products, squares=sq
+                    )
                     sums[s.key] = sums[s.key] + part if s.key in sums else part
                     rows[s.key] = rows.get(s.key, 0) + a.shape[0]
     gen = None
@@ -317,8 +391,10 @@ def compute_edges(
     out: dict[tuple[str, str], np.ndarray] = {}
     for s in sections:
         key, src, dst = s.key, tensors[s.source], tensors[s.target]
+        err = None
         if s.elementwise and s.activation is None:
             E = _junction_edges(s, src, dst, ties)
+            err = torch.zeros_like(E) if subsample is not None else None
         elif s.elementwise:
             n = torch.tensor(float(rows.get(key, 0)), dtype=torch.float64, device=sess.device)
             n_all = max(int(sess.reduce(n)), 1)
@@ -328,7 +404,14 @@ def compute_edges(
             E = sess.reduce(mine) / n_all
             if ties is not None:
                 ties.finish(key, n_all, sess.reduce)
+            if subsample is not None:
+                sq = squares.get(key, torch.zeros_like(E))
+                err = subsample.stderr(E, sess.reduce(sq), n_all)
         else:
-            E = _autograd_edges(sess, s, src, dst, alphas, weights, n_sources, gen, ties)
+            E, err = _autograd_edges(
+                sess, s, src, dst, alphas, weights, n_sources, gen, ties, subsample
+            )
         out[key] = E.cpu().numpy()
+        if stderr is not None and err is not None:
+            stderr[key] = err.cpu().numpy()
     return out

@@ -33,7 +33,8 @@ __all__ = ["Options"]
 
 #: The options that only matter while bases are fitted (``interaction_graph`` with ``bases=``
 #: given has no use for them).
-BASIS_FIELDS = ("variant", "basis", "rtol", "n_random_sources", "output_basis", "seed")
+#: (``seed`` is not one: it also draws the subsample of ``edge_samples``.)
+BASIS_FIELDS = ("variant", "basis", "rtol", "n_random_sources", "output_basis")
 
 #: ``loss_tolerance`` of ``epsilon="ablation"`` when none is given: cutting a layer pair's weak
 #: interactions may change the output by at most 1 % of its variance (the ablated network
@@ -54,7 +55,7 @@ class Options:
         How the model is run and the data streamed.
     variant, basis, rtol, n_random_sources, output_basis, seed
         How the bases are fitted (``seed`` also seeds the Leiden restarts and random sources).
-    n_alpha, epsilon, tau, ties
+    n_alpha, epsilon, tau, ties, precision, edge_samples
         How interaction strengths and their tolerance are measured (``epsilon="ablation"``,
         in ``find_modules`` only: ε per layer pair from edge ablations, see
         :mod:`modgraph.faithfulness`).
@@ -68,6 +69,9 @@ class Options:
         How the degeneracy report groups synchronised units and attention heads.
     positions
         Which positions of node layers with positions are analysed (flat indices; None: all).
+    distributed
+        Whether sums are taken over the processes of a ``torch.distributed`` run (None: when a
+        process group is initialised).
     caller
         The public function that validated these options ("" before validation); errors raised
         below it name this function.
@@ -88,6 +92,8 @@ class Options:
     epsilon: float | str | None = None
     tau: float = 1e-4
     ties: str = "keep"
+    precision: str = "float64"
+    edge_samples: int | None = None
     loss_tolerance: float | None = None
     resolution: float = 1.0
     n_restarts: int = 8
@@ -96,6 +102,7 @@ class Options:
     hamming_tol: int | float = 0
     attention_tol: float = 1e-6
     positions: tuple[int, ...] | None = None
+    distributed: bool | None = None
     caller: str = ""
 
     def validated(self, where: str) -> Options:
@@ -118,6 +125,10 @@ class Options:
         check_choice(self.variant, "variant", where, ("local", "global"))
         check_choice(self.basis, "basis", where, ("interaction", "pca", "neuron"))
         check_choice(self.ties, "ties", where, ("keep", "rotate"))
+        check_choice(self.precision, "precision", where, ("float64", "float32", "tf32"))
+        edge_samples = check_int(
+            self.edge_samples, "edge_samples", where, minimum=2, allow_none=True
+        )
         rtol = check_float(self.rtol, "rtol", where, low=0.0, high=1.0)
         check_int(self.n_random_sources, "n_random_sources", where, minimum=1, allow_none=True)
         check_choice(self.output_basis, "output_basis", where, ("identity", "pca"))
@@ -165,6 +176,7 @@ class Options:
             n_random_sources=None if self.n_random_sources is None else int(self.n_random_sources),
             seed=seed,
             n_alpha=n_alpha,
+            edge_samples=edge_samples,
             epsilon=epsilon,
             tau=tau,
             loss_tolerance=loss_tolerance,
@@ -177,6 +189,7 @@ class Options:
                 self.attention_tol, "attention_tol", where, low=0.0, low_open=False
             ),
             positions=_check_positions(self.positions, where),
+            distributed=_check_optional_bool(self.distributed, "distributed", where),
             caller=where,
         )
 
@@ -235,6 +248,16 @@ def _check_positions(value: Any, where: str) -> tuple[int, ...] | None:
                 f"{type(p).__name__}."
             )
     return tuple(int(p) for p in value)
+
+
+def _check_optional_bool(value: Any, name: str, where: str) -> bool | None:
+    """A flag that may be left to its automatic choice: True, False or None."""
+    if value is not None and not isinstance(value, bool):
+        raise ModgraphTypeError(
+            f"The '{name}' parameter of {where} must be True, False or None (automatic). Got "
+            f"{value!r} of type {type(value).__name__}."
+        )
+    return value
 
 
 def _check_hamming(value: Any, where: str) -> int | float:

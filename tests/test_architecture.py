@@ -42,6 +42,7 @@ FLOORS = {
     "result": 9,
     "faithfulness": 9,  # ablations through capture, graphs from interactions
     "ties": 3,
+    "_leiden_worker": 1,  # Leiden restarts in worker processes; imports no other room
     "kernels": 7,  # edge kernels: capture, jacobian, ties; InteractionBasis only as a type
     "plot": 10,
     "degeneracy": 7,

@@ -23,7 +23,7 @@ import modgraph
 from bench import jobs, models, positions, run
 from bench.baseline import mlp_sections, run_baseline
 from bench.pipeline import run_pipeline
-from modgraph import interactions
+from modgraph import kernels
 from modgraph.toy import mlp
 
 TINY_RATE = run.SIZES["tiny"]["rate"]
@@ -178,13 +178,13 @@ def test_bench_jobs_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert res["autograd"]["kinds"] == ["autograd_folded", "autograd", "junction"]
     # the kernel's "library" row calls the library's edge kernel itself; the experiments agree
     calls = []
-    library_kernel = interactions._elementwise_edges_batch
+    library_kernel = kernels.elementwise_edges
 
-    def counted(*args: object) -> torch.Tensor:
+    def counted(*args: object, **kwargs: object) -> torch.Tensor:
         calls.append(args)
-        return library_kernel(*args)
+        return library_kernel(*args, **kwargs)
 
-    monkeypatch.setattr(interactions, "_elementwise_edges_batch", counted)
+    monkeypatch.setattr(kernels, "elementwise_edges", counted)
     small = {"rows": 40, "width": 8, "input_dim": 12, "batch_size": 16, "rate": TINY_RATE}
     kernel = jobs.execute({"kind": "kernel", **small})
     assert len(calls) == 2 * 3  # warm-up and timed run, 3 batches of 16 rows each

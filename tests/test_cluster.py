@@ -244,3 +244,125 @@ def test_bad_parameters_and_negative_weights():
     bad.add_edge(1, 2, weight=1.0)
     with pytest.raises(ValueError, match="negative"):  # leidenalg would raise BaseException
         leiden_modules(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# Leiden at scale (issue 16): restarts in worker processes, early stop, time per restart
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def spied_workers(monkeypatch):
+    """Worker processes and the early stop on any graph (size thresholds lowered to 0); the
+    pools started."""
+    from modgraph import _leiden_worker, cluster
+
+    started = []
+
+    class Spy(_leiden_worker.Workers):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(cluster, "_PARALLEL_MIN_EDGES", 0)
+    monkeypatch.setattr(cluster, "_STOP_MIN_EDGES", 0)
+    monkeypatch.setattr(cluster, "Workers", Spy)
+    monkeypatch.setattr(_leiden_worker, "worker_count", lambda n_restarts: 2)
+    monkeypatch.setattr(cluster, "worker_count", lambda n_restarts: 2)
+    return started
+
+
+def test_restarts_in_worker_processes_equal_the_in_process_run(spied_workers, monkeypatch):
+    from modgraph import cluster
+
+    G, _ = planted(0.6, 1)  # noisy: the restarts give different partitions
+    nmod = nx.random_partition_graph([50] * 8, 12 / 49, 4 / 350, seed=1)
+    runs = [
+        (G, {"seed": 0, "n_restarts": 4}),
+        (planted(0.5, 0)[0], {"seed": 0}),  # stops early: restarts left running are dropped
+        (nmod, {"n_modules": 3, "n_restarts": 2}),  # many searches on one pool
+    ]
+    parallel = [leiden_modules(g, **kw) for g, kw in runs]
+    assert len(spied_workers) == len(runs)
+    for pool in spied_workers:  # every worker is gone once the call returns
+        assert all(p.poll() is not None for p in pool.procs)
+    monkeypatch.setattr(cluster, "_PARALLEL_MIN_EDGES", 10**12)
+    for (g, kw), par in zip(runs, parallel):
+        here = leiden_modules(g, **kw)
+        np.testing.assert_array_equal(par.membership, here.membership)
+        assert par.score == here.score and par.resolution == here.resolution
+    assert len(spied_workers) == len(runs)  # none started for the in-process runs
+
+
+def test_a_failing_worker_falls_back_to_this_process(spied_workers, monkeypatch, caplog):
+    import logging
+
+    from modgraph import _leiden_worker
+
+    monkeypatch.setattr(_leiden_worker, "_WORKER_CODE", "import sys; sys.exit(3)")
+    G, _ = planted(0.6, 1)
+    with caplog.at_level(logging.WARNING, logger="modgraph"):
+        part = leiden_modules(G, seed=0, n_restarts=3)
+    assert "worker process failed" in caplog.text
+    monkeypatch.setattr(_leiden_worker, "_WORKER_CODE", "")
+    from modgraph import cluster
+
+    monkeypatch.setattr(cluster, "_PARALLEL_MIN_EDGES", 10**12)
+    here = leiden_modules(G, seed=0, n_restarts=3)
+    np.testing.assert_array_equal(part.membership, here.membership)
+
+
+def early_stop_fixtures():
+    rng = np.random.default_rng(0)
+    E = rng.lognormal(0, 1, (30, 20)) * (rng.random((30, 20)) < 0.3)
+    yield InteractionGraph.from_matrices([E, rng.lognormal(0, 1, (10, 30))], epsilon=0.5), {}
+    for mixing, seed in [(0.3, 0), (0.5, 0), (0.5, 3)]:
+        yield planted(mixing, seed)[0], {"seed": seed}
+    yield nx.random_partition_graph([50] * 8, 12 / 49, 4 / 350, seed=1), {"n_modules": 3}
+    yield fragment_graph(), {"n_modules": 2}
+
+
+def test_early_stop_returns_the_full_runs_partition(monkeypatch):
+    """On the fixtures (small graphs, where the library itself runs every restart: see
+    test_n_modules_impossible_says_so's path graph, where the best is found late)."""
+    from modgraph import cluster
+
+    calls = []
+    library_restart = cluster.restart
+
+    def counted(*args):
+        calls.append(args)
+        return library_restart(*args)
+
+    monkeypatch.setattr(cluster, "restart", counted)
+    monkeypatch.setattr(cluster, "_STOP_MIN_EDGES", 0)  # the fixtures are small graphs
+    fixtures = list(early_stop_fixtures())
+    early = [leiden_modules(g, **kw) for g, kw in fixtures]
+    n_early = len(calls)
+    monkeypatch.setattr(cluster, "_STOP_AFTER", 0)
+    for (g, kw), part in zip(fixtures, early):
+        full = leiden_modules(g, **kw)
+        np.testing.assert_array_equal(part.membership, full.membership)
+        assert part.score == full.score and part.resolution == full.resolution
+    assert n_early < 0.7 * (len(calls) - n_early)  # the early stop saved restarts
+
+
+def test_progress_reports_the_time_per_restart(monkeypatch, caplog, capsys):
+    import logging
+    import re
+
+    from modgraph import cluster
+    from modgraph.options import Options
+
+    G, _ = planted(0.3, 0)
+    monkeypatch.setattr(cluster, "_STOP_MIN_EDGES", 0)
+    with caplog.at_level(logging.INFO, logger="modgraph"):
+        leiden_modules(G, seed=0)
+    lines = [r.getMessage() for r in caplog.records]
+    each = [m for m in lines if re.match(r"Leiden restart \d/8 at γ=1: \d+\.\d\d s, Q_deg=", m)]
+    assert len(each) == 2  # a clean graph: the second restart repeats the first, and it stops
+    assert any(re.search(r"2 of 8 restarts, \d+\.\d\d s per restart.*stopped", m) for m in lines)
+    monkeypatch.setattr(cluster, "_BAR_DELAY", 0)
+    cluster.search_modules(G, Options(progress=True).validated("leiden_modules"))
+    err = capsys.readouterr().err
+    assert "Leiden γ=1" in err and re.search(r"s/restart=\d+\.\d\d", err)
