@@ -3,19 +3,29 @@
 A short function over the stages a user can also call one by one (:func:`interaction_basis`,
 :func:`interaction_graph`, :func:`leiden_modules`): it validates every option once, here, then
 runs the same stage bodies with the validated :class:`~modgraph.options.Options`.
+
+In a distributed run (``docs/distributed.md``) every process measures the same graph from the
+combined sums; rank 0 alone runs the Leiden search and broadcasts the partition (as tensors:
+the membership and the scores, nothing pickled), so every process returns the same
+:class:`~modgraph.result.ModuleResult`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ._validate import check_model
-from .cluster import search_modules
+from .cluster import Partition, search_modules
+from .distributed import Group, ModgraphDistributedError, resolve
+from .errors import ModgraphValueError
 from .faithfulness.epsilon import ablation_graph
+from .graph import InteractionGraph
 from .interactions import measure_graph
 from .options import ABLATION, Options
 from .result import ModuleResult
@@ -36,6 +46,8 @@ def find_modules(
     epsilon: float | str | None = None,
     tau: float = 1e-4,
     ties: str = "keep",
+    precision: str = "float64",
+    edge_samples: int | None = None,
     loss_tolerance: float | None = None,
     variant: str = "local",
     basis: str = "interaction",
@@ -51,6 +63,7 @@ def find_modules(
     output_basis: str = "identity",
     progress: bool | None = None,
     positions: Sequence[int] | None = None,
+    distributed: bool | None = None,
 ) -> ModuleResult:
     """Find the modules of a trained network (arXiv 2405.10927).
 
@@ -92,6 +105,9 @@ def find_modules(
     ties : {"keep", "rotate"}
         ``"rotate"``: turn features whose Λ tie within sampling error into the orientation
         with the least degeneracy cost (see :func:`interaction_graph`).
+    precision, edge_samples
+        As for :func:`interaction_graph`: the edge kernel's products, and edges from a
+        subsample with a standard error.
     variant : {"local", "global"}
         Interaction-basis variant.
     basis : {"interaction", "pca", "neuron"}
@@ -106,6 +122,10 @@ def find_modules(
         Quadrature points of the integrated gradient (1: gradient × input).
     rtol, batch_size, n_random_sources, dtype, device, output, output_basis, progress, positions
         As for :func:`interaction_basis`.
+    distributed : bool, optional
+        As for :func:`interaction_basis`; rank 0 alone runs the Leiden search and every process
+        returns the same result (write files on rank 0). With ``epsilon="ablation"`` every
+        process runs on the whole data instead (see ``docs/distributed.md``).
 
     Returns
     -------
@@ -123,7 +143,64 @@ def find_modules(
     check_model(model, _WHERE)
     options = Options.from_arguments(locals(), _WHERE)
     if options.epsilon == ABLATION:
+        # the ablations sum per process: every process runs on the whole data instead
+        options = dataclasses.replace(options, distributed=False)
         graph = ablation_graph(model, data, layers, options)
     else:
         graph = measure_graph(model, data, layers, None, options)
-    return ModuleResult(graph, search_modules(graph, options))
+    group = resolve(options.distributed, torch.device("cpu"), _WHERE)
+    if group is None:
+        return ModuleResult(graph, search_modules(graph, options))
+    return ModuleResult(graph, _search_on_rank_zero(group, graph, options))
+
+
+#: Status codes rank 0 broadcasts before the partition.
+_OK, _VALUE_ERROR, _OTHER_ERROR = 0, 1, 2
+
+
+def _search_on_rank_zero(group: Group, graph: InteractionGraph, options: Options) -> Partition:
+    """:func:`search_modules` on rank 0, its partition broadcast to every process as tensors
+    (status and ints, the membership, the scores); an error on rank 0 is raised everywhere."""
+    header = torch.zeros(3, dtype=torch.int64)
+    partition = None
+    if group.rank == 0:
+        try:
+            partition = search_modules(graph, options)
+        except Exception as exc:
+            status = _VALUE_ERROR if isinstance(exc, ModgraphValueError) else _OTHER_ERROR
+            group.broadcast(torch.tensor([status, 0, 0], dtype=torch.int64))
+            group.broadcast_text(f"{type(exc).__name__}: {exc}")
+            raise
+        header = torch.tensor([_OK, partition.seed, partition.n_restarts], dtype=torch.int64)
+    status, seed, n_restarts = (int(v) for v in group.broadcast(header))
+    if status != _OK:
+        message = f"the module search failed on rank 0 ({group.broadcast_text('')})"
+        raise (ModgraphValueError if status == _VALUE_ERROR else ModgraphDistributedError)(message)
+    n = graph.n_nodes
+    membership = torch.zeros(n, dtype=torch.int64)
+    scores = torch.zeros(4, dtype=torch.float64)
+    if partition is not None:
+        membership = torch.from_numpy(np.asarray(partition.membership, dtype=np.int64).copy())
+        scores = torch.tensor(
+            [partition.score, partition.cross_cost, partition.cross_fraction, partition.resolution],
+            dtype=torch.float64,
+        )
+    membership, scores = group.broadcast(membership), group.broadcast(scores)
+    if partition is not None:
+        return partition
+    labels = membership.numpy().copy()
+    ids = graph.node_ids
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(int(labels.max(initial=-1)) + 2))
+    labels.setflags(write=False)
+    score, cross_cost, cross_fraction, resolution = (float(v) for v in scores)
+    return Partition(
+        membership=labels,
+        modules=[[ids[i] for i in order[a:b]] for a, b in zip(bounds[:-1], bounds[1:])],
+        score=score,
+        cross_cost=cross_cost,
+        cross_fraction=cross_fraction,
+        resolution=resolution,
+        seed=seed,
+        n_restarts=n_restarts,
+    )

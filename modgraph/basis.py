@@ -289,7 +289,7 @@ def fit_bases(sess: Session, stats: Statistics, options: Options) -> dict[str, I
     gen = None
     if n_sources is not None:
         gen = torch.Generator(device=sess.device)
-        gen.manual_seed(seed)
+        gen.manual_seed(sess.stream_seed(seed))
     out_basis, C_next = _fit_output(
         plan.output,
         stats.moments[plan.output],
@@ -387,6 +387,7 @@ def interaction_basis(
     seed: int = 0,
     progress: bool | None = None,
     positions: Sequence[int] | None = None,
+    distributed: bool | None = None,
 ) -> dict[str, InteractionBasis]:
     """Compute the interaction basis of every node layer of ``model`` on ``data``.
 
@@ -433,6 +434,11 @@ def interaction_basis(
     positions : list of int, optional
         Analyse only these positions of node layers with positions (flat indices into the
         positions axes, negative allowed: ``[-1]`` is the last token). Default: all.
+    distributed : bool, optional
+        Sum over the processes of a ``torch.distributed`` run, each streaming its own shard of
+        the data (``None``, the default: when a process group is initialised; ``True``:
+        initialise one from the ``torchrun`` environment if needed; ``False``: this process
+        alone). See ``docs/distributed.md``.
 
     Returns
     -------

@@ -6,25 +6,38 @@ train/eval mode, ``requires_grad`` and ``.grad`` of every parameter, also on
 ``KeyboardInterrupt``), a converted copy runs when another dtype or device is asked for, the
 :class:`~modgraph.plan.Plan` is made from the first batch, and the hooks of :class:`Tracer` live
 only inside the session.
+
+In a distributed run (``docs/distributed.md``) the session holds the process group: each
+process streams its own shard of the data (:meth:`Session.batches`), every float64 sum is
+combined by :meth:`Session.reduce`, and the plan and the first row are read from the unsharded
+data, so that every process (one with no data included) builds the same plan.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .data import check_data, data_rows, iter_batches, progress_bar
+from .data import Shard, check_data, data_rows, iter_batches, progress_bar, unsharded
+from .distributed import Group, resolve
 from .errors import ModgraphTypeError, ModgraphValueError
 from .options import Options
 from .plan import Plan, make_plan, select_tensor
 
-__all__ = ["Session", "Tracer", "preserved", "session"]
+__all__ = ["DISTRIBUTED_CALLERS", "Session", "Tracer", "preserved", "session"]
+
+#: The public functions whose passes combine every sum over the processes of a distributed
+#: run. A session for any other caller (the faithfulness functions) streams the whole data in
+#: every process, so that its results are right, and the same everywhere, without collectives.
+DISTRIBUTED_CALLERS = frozenset(
+    {"interaction_basis", "interaction_graph", "find_modules", "degeneracy_report"}
+)
 
 
 class _StopForward(BaseException):
@@ -241,15 +254,93 @@ class Session:
     progress: bool | None
 
     rows: int | None = None
-    """Rows of a whole pass: known from the data's size, or counted on the first full pass."""
+    """Rows of a whole pass over all the data (every process's shard): known from the data's
+    size, or counted on the first full pass."""
     first_row: torch.Tensor | None = None
-    """The first input row ``(1, ...)``, read when the session started (for quantities that do
-    not depend on the data, so that they need no pass)."""
+    """The first input row ``(1, ...)`` of the whole data, read when the session started (for
+    quantities that do not depend on the data, so that they need no pass)."""
+    group: Group | None = None
+    """The process group of a distributed run; ``None`` on one process."""
+    shard: Shard | None = None
+    """This process's part of the data in a distributed run."""
+    shard_rows: int | None = None
+    """Rows this process streams per pass (on one process, :attr:`rows`): known from the data's
+    size on one process, else counted on the first full pass."""
 
-    def reduce(self, total: torch.Tensor) -> torch.Tensor:
+    @property
+    def distributed(self) -> bool:
+        """Whether the sums are combined over several processes."""
+        return self.group is not None
+
+    def stream_seed(self, seed: int) -> int:
+        """``seed`` for this process's random draws (random sources, subsamples): ``seed``
+        itself on one process and on rank 0, a different stream on every other rank (the
+        same seed on every rank would give each rank's k-th batch the same draws)."""
+        if self.group is None or self.group.rank == 0:
+            return seed
+        return (seed ^ (self.group.rank * 0x9E3779B97F4A7C15)) & 0x7FFFFFFFFFFFFFFF
+
+    def reduce(self, total: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """A float64 sum over this process's data, summed over every process of a distributed
-        run (issue 17); on one process, ``total`` itself."""
-        return total
+        run; on one process, ``total`` itself.
+
+        Parameters
+        ----------
+        total : Tensor, any shape
+            This process's sum (zeros where its shard is empty), a count or a flag.
+        op : {"sum", "max", "min"}
+            How the processes' parts combine.
+
+        Returns
+        -------
+        Tensor, same shape
+            float64 on ``total``'s device, bit for bit the same in every process.
+
+        Raises
+        ------
+        ModgraphDistributedError
+            Another process failed, or did not arrive within the process group's timeout.
+        """
+        if self.group is None:
+            return total
+        return self.group.all_reduce(total, op)
+
+    def reduce_all(self, parts: Sequence[torch.Tensor], op: str = "sum") -> list[torch.Tensor]:
+        """:meth:`reduce` of several tensors (on one device) in one collective.
+
+        Parameters
+        ----------
+        parts : sequence of Tensor, any shapes
+            This process's sums, all on the same device.
+        op : {"sum", "max", "min"}
+
+        Returns
+        -------
+        list of Tensor
+            float64, the shapes of ``parts``; ``parts`` themselves on one process.
+        """
+        if self.group is None or not parts:
+            return list(parts)
+        flat = torch.cat([p.reshape(-1).to(torch.float64) for p in parts])
+        pieces = self.group.all_reduce(flat, op).split([p.numel() for p in parts])
+        return [piece.reshape(p.shape) for piece, p in zip(pieces, parts)]
+
+    def combine(
+        self, sums: Sequence[torch.Tensor], count: int, flags: Sequence[bool] = ()
+    ) -> tuple[list[torch.Tensor], int, list[bool]]:
+        """Sums, their count of rows and flags ("seen in some batch") over every process, in one
+        collective; the arguments themselves on one process."""
+        if self.group is None:
+            return list(sums), count, list(flags)
+        extra = torch.tensor([float(count), *map(float, flags)], dtype=torch.float64)
+        *done, tail = self.reduce_all([*sums, extra.to(self.device)])
+        return done, int(tail[0]), [bool(v > 0) for v in tail[1:].tolist()]
+
+    def reduce_count(self, count: int | float) -> int:
+        """A count of rows (or points) over every process."""
+        if self.group is None:
+            return int(count)
+        return int(self.reduce(torch.tensor(float(count), dtype=torch.float64)))
 
     def batches(
         self, desc: str, batch_size: int | None = None, *, first_row_only: bool = False
@@ -257,16 +348,19 @@ class Session:
         """Stream the data once (a fresh pass), with a progress bar when enabled.
 
         Every pass must yield the same rows: a pass that yields a different number than the
-        first raises (a one-shot or shrinking source would bias every sum silently).
+        first raises (a one-shot or shrinking source would bias every sum silently); in a
+        distributed run, each process's shard is compared with its own first pass.
         ``first_row_only`` yields the first row alone (for data-independent quantities)."""
         size = batch_size or self.batch_size
         if first_row_only:  # no pass: the first row, kept from the session's first batch
             yield self.first_row
             return
-        stream = iter_batches(self.data, size, device=self.device, dtype=self.dtype)
+        stream = iter_batches(
+            self.data, size, device=self.device, dtype=self.dtype, shard=self.shard
+        )
         count = 0
         for index, x in enumerate(
-            progress_bar(stream, enabled=self.progress, desc=desc, rows=self.rows)
+            progress_bar(stream, enabled=self.progress, desc=desc, rows=self.shard_rows)
         ):
             if tuple(x.shape[1:]) != self.plan.input_shape:
                 raise ModgraphValueError(
@@ -276,11 +370,15 @@ class Session:
                 )
             count += int(x.shape[0])
             yield x
-        if self.rows is None:
-            self.rows = count
-        elif count != self.rows:
+        if self.shard_rows is None:
+            self.shard_rows = count
+            if self.rows is None:
+                self.rows = self.reduce_count(count)
+        elif count != self.shard_rows:
+            where = "" if self.group is None else f" on rank {self.group.rank}"
             raise ModgraphValueError(
-                f"data yielded {count} rows in this pass ({desc}) but {self.rows} in the first: "
+                f"data yielded {count} rows{where} in this pass ({desc}) but {self.shard_rows} "
+                "in the first: "
                 "modgraph streams the data several times, and every pass must yield the same "
                 "data. Pass a Tensor, a Dataset, or a re-iterable that restarts from the "
                 "beginning each time."
@@ -326,7 +424,11 @@ def session(
         _attention_fast_path(False),
     ):
         run_model, run_dtype, run_device = _compute_model(model, options.dtype, options.device)
-        batches = iter_batches(data, options.batch_size, device=run_device, dtype=run_dtype)
+        group = None
+        if options.caller in DISTRIBUTED_CALLERS:
+            group = resolve(options.distributed, run_device, where)
+        whole = unsharded(data, options.batch_size)  # the same first rows in every process
+        batches = iter_batches(whole, options.batch_size, device=run_device, dtype=run_dtype)
         first = next(iter(batches), None)
         if first is None or first.shape[0] == 0:
             raise ModgraphValueError(
@@ -345,4 +447,7 @@ def session(
                 progress=options.progress,
                 rows=data_rows(data),
                 first_row=first[:1].clone(),
+                group=group,
+                shard=None if group is None else Shard(group.rank, group.size, options.batch_size),
+                shard_rows=data_rows(data) if group is None else None,
             )

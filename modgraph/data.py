@@ -4,20 +4,44 @@ modgraph takes data as a Tensor (or numpy array) of inputs, a ``Dataset``, a ``D
 re-iterable of batches; a batch is a Tensor or a tuple/list whose first element is the input.
 Every analysis streams the data several times (never holding it whole), so one-shot iterators
 are refused before any work is done.
+
+In a distributed run each process streams its own :class:`Shard` (``docs/distributed.md``):
+the data's batches are dealt out in turn, process ``r`` of ``W`` taking batches ``r, r + W,
+r + 2W, ...``, where a batch is one of an iterable's own batches, or a block of ``block`` rows
+of a Tensor, an array or a Dataset; a ``DataLoader`` whose sampler is a
+``DistributedSampler`` is already sharded and is streamed as it is.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from .errors import ModgraphTypeError, ModgraphValueError
 
-__all__ = ["check_data", "data_rows", "iter_batches", "progress_bar"]
+__all__ = [
+    "Shard",
+    "check_data",
+    "data_rows",
+    "iter_batches",
+    "progress_bar",
+    "sampler_sharded",
+    "unsharded",
+]
+
+
+class Shard(NamedTuple):
+    """This process's part of the data: batches ``rank, rank + size, ...``; a Tensor, an array
+    or a Dataset is cut into batches of ``block`` rows first (the same in every pass, whatever
+    the pass's own batch size, so that every pass streams the same rows)."""
+
+    rank: int
+    size: int
+    block: int
 
 
 def _first_input(batch: Any, index: int) -> torch.Tensor:
@@ -76,6 +100,60 @@ def _sparse_rows(data: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         yield coo.index_select(0, rows)
 
 
+def sampler_sharded(data: Any) -> bool:
+    """Whether ``data`` is a ``DataLoader`` sharded by a ``DistributedSampler`` (streamed as
+    given in a distributed run)."""
+    if not isinstance(data, torch.utils.data.DataLoader):
+        return False
+    from torch.utils.data.distributed import DistributedSampler
+
+    inner = data.batch_sampler.sampler if data.batch_sampler is not None else None
+    return isinstance(data.sampler, DistributedSampler) or isinstance(inner, DistributedSampler)
+
+
+def unsharded(data: Any, batch_size: int) -> Any:
+    """The whole data, for probes every process must see alike (the first rows): the dataset
+    of a ``DataLoader`` sharded by a ``DistributedSampler``, read in order in batches of
+    ``batch_size`` with the loader's collate function; ``data`` itself otherwise."""
+    if not sampler_sharded(data):
+        return data
+    batched = data.batch_sampler is not None
+    return torch.utils.data.DataLoader(
+        data.dataset,
+        batch_size=batch_size if batched else None,
+        shuffle=False,
+        collate_fn=data.collate_fn,
+        generator=torch.Generator(),
+    )
+
+
+def _block_loader(dataset: torch.utils.data.Dataset, shard: Shard) -> torch.utils.data.DataLoader:
+    """This shard's blocks of a map-style Dataset (with a length), loading only its rows."""
+    n = len(dataset)  # type: ignore[arg-type]
+    blocks = [
+        list(range(lo, min(lo + shard.block, n)))
+        for lo in range(shard.rank * shard.block, n, shard.size * shard.block)
+    ]
+    return torch.utils.data.DataLoader(dataset, batch_sampler=blocks, generator=torch.Generator())
+
+
+def _dealt(source: Iterable[Any], shard: Shard | None) -> Iterator[tuple[int, Any]]:
+    """(index, batch) of the batches of ``source`` that are this shard's."""
+    for index, batch in enumerate(source):
+        if shard is None or index % shard.size == shard.rank:
+            yield index, batch
+
+
+def _to_device(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` on ``device`` (floating inputs in ``dtype``). To CUDA from the CPU, through pinned
+    memory with a non-blocking copy (the cast runs on the GPU, after the copy)."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        x = (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
+    if x.is_floating_point():
+        return x.to(device=device, dtype=dtype)
+    return x.to(device=device)
+
+
 def data_rows(data: Any) -> int | None:
     """Rows ``data`` yields per pass when known without a pass (a Tensor, an array, a map-style
     Dataset); ``None`` for DataLoaders (samplers may pick any subset) and iterables."""
@@ -97,37 +175,56 @@ def iter_batches(
     *,
     device: torch.device,
     dtype: torch.dtype,
+    shard: Shard | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield non-empty input batches of at most ``batch_size`` rows on ``device``.
 
     Floating inputs are cast to ``dtype``; integer inputs (token ids) are left as they are; a
     sparse batch is made dense; empty batches are skipped. A Dataset (map-style or iterable)
-    is read through an internal DataLoader that leaves the global RNG alone.
+    is read through an internal DataLoader that leaves the global RNG alone. With ``shard``,
+    only this process's batches (:class:`Shard`; none is fine); a ``DataLoader`` sharded by
+    a ``DistributedSampler`` is streamed whole. CPU batches for a CUDA ``device`` are copied
+    through pinned memory without blocking.
+
+    Parameters
+    ----------
+    data : Tensor (N, ...), ndarray, Dataset, DataLoader or re-iterable of batches
+    batch_size : int
+        Largest batch yielded.
+    device, dtype
+        Where the batches go, and the dtype of floating inputs.
+    shard : Shard, optional
+        This process's part of the data in a distributed run.
+
+    Yields
+    ------
+    Tensor, shape (b, ...) with 1 <= b <= batch_size
     """
+    if shard is not None and sampler_sharded(data):
+        shard = None  # already this process's part
     if isinstance(data, np.ndarray):
         data = _as_tensor(data)
     if isinstance(data, torch.Tensor):
         if data.ndim == 0:
             raise ModgraphValueError("data is a 0-d Tensor; pass a Tensor of shape (N, ...).")
+        block = batch_size if shard is None else shard.block
         source: Iterable[Any] = (
-            data.split(batch_size)
-            if data.layout == torch.strided
-            else _sparse_rows(data, batch_size)
+            data.split(block) if data.layout == torch.strided else _sparse_rows(data, block)
         )
     elif isinstance(data, torch.utils.data.Dataset):
-        source = _loader(data, batch_size)
+        if shard is not None and data_rows(data) is not None:
+            source, shard = _block_loader(data, shard), None  # its rows alone are loaded
+        else:
+            source = _loader(data, batch_size if shard is None else shard.block)
     else:
         source = data
-    for index, batch in enumerate(source):
+    for index, batch in _dealt(source, shard):
         x = _first_input(batch, index)
         if x.ndim == 0:
             raise ModgraphValueError(f"Batch {index} of data is a 0-d Tensor; batches need rows.")
         if x.layout != torch.strided:  # sparse inputs: the model gets dense batches
             x = x.to_dense()
-        if x.is_floating_point():
-            x = x.to(device=device, dtype=dtype)
-        else:
-            x = x.to(device=device)
+        x = _to_device(x, device, dtype)
         for part in x.split(batch_size):
             if part.shape[0]:
                 yield part

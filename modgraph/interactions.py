@@ -58,7 +58,7 @@ def resolve_ties(
             for _ in sess.batches("counting the data"):
                 pass
         assert sess.rows is not None
-        sample = Subsample(options.edge_samples, sess.rows, options.seed)
+        sample = Subsample(options.edge_samples, sess.rows, sess.stream_seed(options.seed))
         stderr: dict[tuple[str, str], np.ndarray] = {}
         edges = compute_edges(sess, bases, subsample=sample, stderr=stderr, **edge_args)
         return dict(bases), edges, stderr

@@ -22,11 +22,11 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
 
+from ._autograd import walk_to
 from .capture import Session
 from .layout import Layout
 from .plan import CONVOLUTIONS as _AFFINE_CONVOLUTIONS
@@ -196,48 +196,6 @@ def _connected(a: torch.Tensor) -> torch.Tensor:
     return a if a.requires_grad else _leaf(a)
 
 
-#: Autograd nodes whose Jacobian does not depend on the data (sums, differences, copies, views).
-_LINEAR_NODES = frozenset(
-    {
-        "AddBackward0", "SubBackward0", "NegBackward0", "CloneBackward0", "ViewBackward0",
-        "UnsafeViewBackward0", "ReshapeAliasBackward0", "AliasBackward0", "SqueezeBackward0",
-        "SqueezeBackward1", "UnsqueezeBackward0",
-    }
-)  # fmt: skip
-
-
-def _walk_to(root: Any, z: torch.Tensor, source_node: Any) -> tuple[bool, bool, bool]:
-    """Walk the autograd graph below ``root`` (iteratively: deep models exceed Python's
-    recursion limit). Returns whether it reaches the leaf ``z``, whether it reaches
-    ``source_node`` (a path around the module), and whether every node on a path to ``z`` is a
-    sum, difference, copy or view."""
-    reaches: dict[int, tuple[bool, bool]] = {}
-    linear = True
-    stack: list[tuple[Any, bool]] = [(root, False)]
-    while stack:
-        node, expanded = stack.pop()
-        key = id(node)
-        if key in reaches and not expanded:
-            continue
-        if node is source_node:
-            reaches[key] = (False, True)
-            continue
-        if type(node).__name__ == "AccumulateGrad":
-            reaches[key] = (node.variable is z, False)
-            continue
-        children = [n for n, _ in node.next_functions if n is not None]
-        if not expanded:
-            stack.append((node, True))
-            stack.extend((c, False) for c in children if id(c) not in reaches)
-            continue
-        hits = [reaches[id(c)] for c in children]
-        to_z, to_source = any(h[0] for h in hits), any(h[1] for h in hits)
-        if to_z and type(node).__name__ not in _LINEAR_NODES:
-            linear = False
-        reaches[key] = (to_z, to_source)
-    return (*reaches[id(root)], linear)
-
-
 def constant_jacobian(sess: Session, section: Section) -> bool:
     """Whether ``∂a_{l+1}/∂a_l`` does not depend on the data, read off the autograd graph of
     one data point: the source module is affine (a plain Linear or a convolution), every
@@ -264,7 +222,7 @@ def constant_jacobian(sess: Session, section: Section) -> bool:
         if not target.requires_grad:
             return False
         source_node = original.grad_fn if original.requires_grad else None
-        to_z, to_source, linear = _walk_to(target.grad_fn, z, source_node)
+        to_z, to_source, linear = walk_to(target.grad_fn, z, source_node)
     return to_z and linear and not to_source
 
 
@@ -414,6 +372,8 @@ def local_jacobian_gram(
     if W is not None and gram_z is not None:
         folded = W if project is None else W @ project
         gram += folded.T @ gram_z @ folded
+    if not constant:  # a sum over the data: over every process's shard of it
+        (gram,), n, (arrived,) = sess.combine([gram], n, [arrived])
     if not arrived:
         warn_no_gradient([section.source], section.target)
     return gram / n
@@ -481,7 +441,9 @@ def global_jacobian_grams(
                 arrived.add(n)
                 g = layouts[n].rows(g, lead=2).reshape(-1, sess.plan.dims[n]).to(torch.float64)
                 grams[n] += g.T @ g
-    lost = [n for n in names if n not in arrived]
+    sums, count, seen = sess.combine(list(grams.values()), count, [n in arrived for n in names])
+    grams = dict(zip(names, sums))
+    lost = [n for n, s in zip(names, seen) if not s]
     if lost:
         warn_no_gradient(lost, out_name)
     return {n: g / count for n, g in grams.items()}

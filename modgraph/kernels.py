@@ -31,6 +31,7 @@ import torch
 from .capture import Session
 from .jacobian import (
     chunk_rows,
+    constant_jacobian,
     cotangents,
     elementwise_derivative,
     linear_preactivation,
@@ -195,6 +196,31 @@ def _junction_edges(
     if ties is not None:
         ties.add_constant(section.key, gamma, src.eigenvalues)
     return gamma.square() * src.eigenvalues[None, :]
+
+
+def _constant_edges(
+    sess: Session, section: Section, src: LayerTensors, dst: LayerTensors, ties: TieSums | None
+) -> torch.Tensor:
+    """A section whose Jacobian does not depend on the data (a residual add after a Linear,
+    say; :func:`~modgraph.jacobian.constant_jacobian`), without positions: ``Γ`` from the VJPs
+    at one data point, and ``E = Γ² ∘ Λ_l`` exactly, with no pass (as for a junction)."""
+    k_next = dst.C.shape[1]
+    x = next(iter(sess.batches(f"edges {section.source}", first_row_only=True)))
+    _, grad_a, _ = section_vjp(
+        sess, section, x, lambda b: _edge_cotangents(dst.C, b, 1, None, None)
+    )
+    assert grad_a is not None
+    gamma = (grad_a.to(torch.float64) @ src.C_pinv.T).reshape(k_next, -1)
+    if ties is not None:
+        ties.add_constant(section.key, gamma, src.eigenvalues)
+    return gamma.square() * src.eigenvalues[None, :]
+
+
+def _constant_without_positions(sess: Session, section: Section) -> bool:
+    layouts = sess.plan.layouts
+    if layouts[section.source].n_positions != 1 or layouts[section.target].n_positions != 1:
+        return False
+    return section.constant or constant_jacobian(sess, section)
 
 
 def _edge_cotangents(
@@ -387,7 +413,7 @@ def compute_edges(
     gen = None
     if n_sources is not None:
         gen = torch.Generator(device=sess.device)
-        gen.manual_seed(seed)
+        gen.manual_seed(sess.stream_seed(seed))
     out: dict[tuple[str, str], np.ndarray] = {}
     for s in sections:
         key, src, dst = s.key, tensors[s.source], tensors[s.target]
@@ -407,6 +433,9 @@ def compute_edges(
             if subsample is not None:
                 sq = squares.get(key, torch.zeros_like(E))
                 err = subsample.stderr(E, sess.reduce(sq), n_all)
+        elif src.k and dst.k and _constant_without_positions(sess, s):
+            E = _constant_edges(sess, s, src, dst, ties)
+            err = torch.zeros_like(E) if subsample is not None else None
         else:
             E, err = _autograd_edges(
                 sess, s, src, dst, alphas, weights, n_sources, gen, ties, subsample

@@ -7,6 +7,10 @@ step (check width and finiteness, add); :func:`accumulate_statistics` is the fir
 interaction basis (moments of every layer, and the co-activation Gram ``E[σ'σ'ᵀ]`` of every
 elementwise section); :func:`covariance_cut` is the one rule for which covariance directions
 count as non-zero.
+
+In a distributed run every process starts its moments at the same shift (the activations of the
+first row of the whole data, :func:`start_moments`) and :func:`reduce_moments` adds the sums and
+counts of every process, never their means, before anything is divided by ``n``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from ._arrays import EPS64, eigh_desc
 from .capture import Session
 from .errors import ModgraphValueError
 from .jacobian import conv_shortcut, conv_site_grams, elementwise_slope
-from .plan import Plan
+from .plan import Plan, Section
 
 __all__ = [
     "Moments",
@@ -30,6 +34,8 @@ __all__ = [
     "add_layer_moments",
     "count_kept",
     "covariance_cut",
+    "reduce_moments",
+    "start_moments",
     "warn_if_few_samples",
 ]
 
@@ -142,13 +148,41 @@ def add_layer_moments(
             )
 
 
+def start_moments(sess: Session) -> dict[str, Moments]:
+    """Empty moments to add batches to: none on one process (each layer starts at its first
+    sample); in a distributed run, every node layer started at the activations of the first
+    row of the whole data, the same shift in every process (one with no data included)."""
+    if not sess.distributed:
+        return {}
+    with torch.no_grad():
+        acts = sess.tracer.run(sess.first_row, record=sess.plan.names)
+    return {name: Moments.start(acts[name]) for name in sess.plan.names}
+
+
+def reduce_moments(sess: Session, moments: dict[str, Moments]) -> None:
+    """Add up, in place, the sums and counts of every process (same shift everywhere, from
+    :func:`start_moments`); nothing on one process."""
+    if not sess.distributed:
+        return
+    names = list(moments)
+    parts = []
+    for name in names:
+        m = moments[name]
+        parts += [m.total, m.outer, m.total.new_tensor([float(m.n)])]
+    done = sess.reduce_all(parts)
+    for i, name in enumerate(names):
+        m = moments[name]
+        m.total, m.outer = done[3 * i], done[3 * i + 1]
+        m.n = int(done[3 * i + 2][0])
+
+
 def accumulate_statistics(
     sess: Session, *, coactivation: bool = True, desc: str = "moments"
 ) -> Statistics:
     """One pass over the data: means and covariances of every node layer, and ``E[σ'σ'ᵀ]`` of
     every elementwise section with a nonlinearity (when ``coactivation``)."""
     plan = sess.plan
-    moments: dict[str, Moments] = {}
+    moments = start_moments(sess)
     coact: dict[str, torch.Tensor] = {}
     need = (
         [s for s in plan.sections if s.elementwise and s.activation is not None]
@@ -179,11 +213,41 @@ def accumulate_statistics(
                 gram = conv_site_grams(s, acts[s.target], P_out)
                 sites[s.source] = sites[s.source] + gram if s.source in sites else gram
                 site_rows[s.source] = site_rows.get(s.source, 0) + acts[s.target].shape[0]
+    if sess.distributed:  # every process's sums (zeros where a shard is empty), then divide
+        reduce_moments(sess, moments)
+        coact, sites, site_rows = _reduce_grams(sess, need, convs, coact, sites, site_rows)
     stats = Statistics(moments=moments, coactivation={})
     stats.coactivation = {k: v / stats.n for k, v in coact.items()}
     stats.site_coactivation = {k: (v, site_rows[k]) for k, v in sites.items()}
     warn_if_few_samples(stats.n, plan.dims)
     return stats
+
+
+def _reduce_grams(
+    sess: Session,
+    need: list[Section],
+    convs: list[Section],
+    coact: dict[str, torch.Tensor],
+    sites: dict[str, torch.Tensor],
+    site_rows: dict[str, int],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, int]]:
+    """The co-activation Grams ``Σ σ'σ'ᵀ`` (d', d') and the convolution site Grams
+    ``(P', C', C')`` with their rows, summed over every process, in one collective."""
+    plan, f64 = sess.plan, torch.float64
+    parts = [
+        coact.get(s.source, torch.zeros((plan.dims[s.target],) * 2, dtype=f64, device=sess.device))
+        for s in need
+    ]
+    for s in convs:
+        shape = (plan.layouts[s.target].n_positions, *(plan.dims[s.target],) * 2)
+        parts.append(sites.get(s.source, torch.zeros(shape, dtype=f64, device=sess.device)))
+        parts.append(torch.tensor([float(site_rows.get(s.source, 0))], dtype=f64))
+    done = sess.reduce_all([p.to(sess.device) for p in parts])
+    coact = {s.source: done[i] for i, s in enumerate(need)}
+    rest = done[len(need) :]
+    sites = {s.source: rest[2 * i] for i, s in enumerate(convs)}
+    site_rows = {s.source: int(rest[2 * i + 1][0]) for i, s in enumerate(convs)}
+    return coact, sites, site_rows
 
 
 def warn_if_few_samples(n: int, dims: dict[str, int]) -> None:

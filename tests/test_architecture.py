@@ -26,6 +26,8 @@ FLOORS = {
     "errors": 0,
     "_validate": 1,
     "_arrays": 1,
+    "_autograd": 1,  # walking the autograd graph (constant Jacobians); imports no other room
+    "distributed": 1,  # process group and collectives; imports only errors
     "io": 1,
     "options": 2,
     "data": 3,

@@ -87,3 +87,46 @@ def test_edge_samples_is_checked():
         interaction_graph(model, x, edge_samples=1, progress=False)
     with pytest.raises(ModgraphValueError, match="precision"):
         interaction_graph(model, x, precision="half", progress=False)
+
+
+class _Residual(nn.Module):
+    """x → h = L0 x → h + L2 relu(L1 h) → L3: the section from relu(L1 h) to the input of L3 has
+    the constant Jacobian W2 (a residual add after a Linear)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.l0, self.l1, self.l2, self.l3 = (
+            nn.Linear(6, 12),
+            nn.Linear(12, 20),
+            nn.Linear(20, 12),
+            nn.Linear(12, 3),
+        )
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.l0(x)
+        return self.l3(h + self.l2(torch.relu(self.l1(h))))
+
+
+def test_residual_add_edges_need_no_pass_and_equal_the_pass(monkeypatch):
+    from modgraph import kernels
+
+    model = _Residual()
+    x = torch.randn(700, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    bases = interaction_basis(model, x, progress=False)
+    fast = interaction_graph(model, x, bases, progress=False)
+    # independent: Γ = C_{l3}ᵀ W2 C_{l2}⁺ᵀ on stored activations
+    src, dst = bases["l2"], bases["l3"]
+    with torch.no_grad():
+        a = torch.relu(model.l1(model.l0(x))).numpy()
+    f = (a - src.mean) @ src.C
+    gamma = dst.C.T @ model.l2.weight.detach().numpy() @ src.C_pinv.T
+    brute = np.mean((gamma[None] * f[:, None, :]) ** 2, axis=0)
+    E = fast.edges[("l2", "l3")]
+    assert np.abs(E - brute).max() <= 1e-10 * brute.max()
+    # and the autograd pass over the data gives the same
+    monkeypatch.setattr(kernels, "_constant_without_positions", lambda sess, section: False)
+    slow = interaction_graph(model, x, bases, progress=False)
+    for pair, E in slow.edges.items():
+        assert np.abs(fast.edges[pair] - E).max() <= 1e-10 * E.max(), pair

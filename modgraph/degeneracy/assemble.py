@@ -308,6 +308,7 @@ def degeneracy_report(
     output: Callable[[Any], torch.Tensor] | None = None,
     progress: bool | None = None,
     positions: Sequence[int] | None = None,
+    distributed: bool | None = None,
     attention_tol: float = 1e-6,
 ) -> DegeneracyReport:
     """Measure the three sources of degeneracy of ``model`` on ``data`` (METHOD §1).
@@ -344,6 +345,8 @@ def degeneracy_report(
     attention_tol : float >= 0
         Heads of an ``nn.MultiheadAttention`` whose attention weights differ by at most this
         on every data point are reported as a group (``report.attention``).
+    distributed : bool, optional
+        As for :func:`~modgraph.interaction_basis`.
 
     Returns
     -------

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from .._arrays import readonly
+from ..capture import Session
 
-__all__ = ["AttentionDegeneracy", "attention_patterns", "group_heads"]
+__all__ = ["AttentionDegeneracy", "attention_patterns", "combine_heads", "group_heads"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,6 +92,25 @@ def attention_patterns(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
     finally:
         for h in handles:
             h.remove()
+
+
+def combine_heads(sess: Session, found: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The largest differences of :func:`attention_patterns` over every process of a
+    distributed run (``found`` itself on one process), for every attention module that ran in
+    some process, in the order of ``sess.model.named_modules()``."""
+    if not sess.distributed:
+        return found
+    modules = [
+        (name, int(m.num_heads))
+        for name, m in sess.model.named_modules()
+        if isinstance(m, nn.MultiheadAttention)
+    ]
+    parts = [
+        found.get(name, torch.full((h, h), -1.0, dtype=torch.float64, device=sess.device))
+        for name, h in modules
+    ]
+    done = sess.reduce_all(parts, "max")
+    return {name: d for (name, _), d in zip(modules, done) if float(d[0, 0]) >= 0}
 
 
 def group_heads(name: str, diff: torch.Tensor, tolerance: float) -> AttentionDegeneracy:

@@ -16,10 +16,16 @@ from torch import nn
 
 from .._arrays import EPS64
 from ..capture import Session
-from ..data import iter_batches
-from ..moments import Moments, add_layer_moments, warn_if_few_samples
+from ..data import iter_batches, unsharded
+from ..moments import (
+    Moments,
+    add_layer_moments,
+    reduce_moments,
+    start_moments,
+    warn_if_few_samples,
+)
 from ..plan import IDENTITY, Section, is_plain_linear
-from .attention import attention_patterns
+from .attention import attention_patterns, combine_heads
 
 __all__ = [
     "Firing",
@@ -87,6 +93,28 @@ class Firing:
         self.zmin = torch.minimum(self.zmin, z.amin(0).to(torch.float64))
         self.zmax = torch.maximum(self.zmax, z.amax(0).to(torch.float64))
         self.n += z.shape[0]
+
+    def combine(self, sess: Session) -> None:
+        """Combine, in place, the statistics of every process of a distributed run (counts
+        summed, ``zmin``/``zmax`` the extremes, matched only where every process matched); a
+        process with no data contributes zeros. Nothing on one process."""
+        if not sess.distributed:
+            return
+        h, d = self.linear.out_features, self.linear.in_features
+        if self.on is None:
+            zeros = torch.zeros(h, dtype=torch.float64, device=sess.device)
+            self.on, self.co, self.kinks = zeros.clone(), zeros.new_zeros((h, h)), zeros.clone()
+            self.saturated, self.support = zeros.clone(), zeros.new_zeros((h, d))
+            self.zmin, self.zmax = zeros + torch.inf, zeros - torch.inf
+        assert self.co is not None and self.kinks is not None and self.saturated is not None
+        assert self.zmin is not None and self.zmax is not None and self.support is not None
+        count = self.on.new_tensor([float(self.n)])
+        sums = [self.on, self.co, self.kinks, self.saturated, self.support, count]
+        self.on, self.co, self.kinks, self.saturated, self.support, count = sess.reduce_all(sums)
+        self.n = int(count[0])
+        matched = self.on.new_tensor([float(self.matched)])
+        self.zmin, low, matched = sess.reduce_all([self.zmin, -self.zmax, matched], "min")
+        self.zmax, self.matched = -low, bool(matched[0] > 0)
 
 
 def _relu_like(act: nn.Module) -> tuple[str, str] | None:
@@ -168,7 +196,7 @@ def first_pass(
     """Moments of every node layer, firing statistics of every ReLU-like set, and the pairwise
     differences of the heads of every attention module, in one pass."""
     plan = sess.plan
-    moments: dict[str, Moments] = {}
+    moments = start_moments(sess)
     firings = [p.firing for p in sets if p.firing is not None]
     with torch.no_grad(), attention_patterns(sess.model) as heads:
         for b, x in enumerate(sess.batches("degeneracy: moments and firing")):
@@ -176,13 +204,19 @@ def first_pass(
             add_layer_moments(moments, acts, plan, b)
             for f in firings:
                 f.add(acts[f.section.source], acts[f.section.target])
+    # a distributed run: every process's sums and counts (nothing happens on one process)
+    reduce_moments(sess, moments)
+    for f in firings:
+        f.combine(sess)
     warn_if_few_samples(moments[plan.output].n, plan.dims)
-    return moments, dict(heads)
+    return moments, combine_heads(sess, dict(heads))
 
 
 def probe_batch(sess: Session) -> torch.Tensor:
+    """The first rows of the whole data (the same in every process of a distributed run)."""
     size = min(sess.batch_size, _PROBE_ROWS)
-    return next(iter(iter_batches(sess.data, size, device=sess.device, dtype=sess.dtype)))
+    whole = unsharded(sess.data, size)
+    return next(iter(iter_batches(whole, size, device=sess.device, dtype=sess.dtype)))
 
 
 def consumed_only_by(sess: Session, linear: nn.Linear, dst: str, probe: torch.Tensor) -> bool:

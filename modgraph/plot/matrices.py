@@ -313,8 +313,11 @@ def plot_interactions(
     # one ε line, unless the layer pairs have ε of their own (epsilon="ablation")
     eps_all = {v.graph.epsilon_of(pair) for pair in zip(v.layers[:-1], v.layers[1:])}
     eps = eps_all.pop() if len(eps_all) == 1 else None
-    if eps is not None and norm.vmin is not None and norm.vmax is not None and (
-        norm.vmin <= eps <= norm.vmax
+    if (
+        eps is not None
+        and norm.vmin is not None
+        and norm.vmax is not None
+        and (norm.vmin <= eps <= norm.vmax)
     ):
         cbar.ax.axhline(eps, color="tab:cyan", linewidth=2.0)
         cbar.ax.text(
