@@ -130,3 +130,33 @@ def test_residual_add_edges_need_no_pass_and_equal_the_pass(monkeypatch):
     slow = interaction_graph(model, x, bases, progress=False)
     for pair, E in slow.edges.items():
         assert np.abs(fast.edges[pair] - E).max() <= 1e-10 * E.max(), pair
+
+
+def test_threads_contending_with_a_busy_machine_are_named_once_and_left_alone(
+    monkeypatch, caplog
+):
+    import logging
+
+    from modgraph import capture
+
+    model = mlp([4, 6, 2], seed=0)
+    x = torch.randn(40, 4, dtype=torch.float64)
+    monkeypatch.setattr(capture, "_THREADS_WARNED", False)
+    monkeypatch.setattr(capture.os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with caplog.at_level(logging.WARNING, logger="modgraph"):
+            interaction_graph(model, x, progress=False)
+            interaction_graph(model, x, progress=False)
+        assert torch.get_num_threads() == 2  # the user's setting, untouched
+    finally:
+        torch.set_num_threads(before)
+    named = [r for r in caplog.records if "load average" in r.getMessage()]
+    assert len(named) == 1 and "torch.set_num_threads(1)" in named[0].getMessage()
+    # one thread, or a quiet machine: nothing said
+    monkeypatch.setattr(capture, "_THREADS_WARNED", False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="modgraph"):
+        interaction_graph(model, x, progress=False)  # the test session runs one thread
+    assert not [r for r in caplog.records if "load average" in r.getMessage()]
