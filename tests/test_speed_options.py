@@ -160,3 +160,15 @@ def test_threads_contending_with_a_busy_machine_are_named_once_and_left_alone(
     with caplog.at_level(logging.WARNING, logger="modgraph"):
         interaction_graph(model, x, progress=False)  # the test session runs one thread
     assert not [r for r in caplog.records if "load average" in r.getMessage()]
+
+
+def test_the_cuda_bench_skips_cleanly_and_its_rows_run_on_any_device(capsys):
+    from bench import cuda
+
+    if not torch.cuda.is_available():
+        assert cuda.main([]) == 0
+        assert "no CUDA device" in capsys.readouterr().out
+    rows = cuda.stage_times(300, 32, torch.device("cpu"))
+    assert [r["precision"] for r in rows] == ["float64", "float32", "tf32"]
+    assert rows[0]["edge_error"] == 0 and 0 < rows[1]["edge_error"] < 1e-5
+    assert all(r["edges_s"] > 0 and r["search_s"] > 0 for r in rows)
