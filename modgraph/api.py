@@ -48,6 +48,7 @@ def find_modules(
     ties: str = "keep",
     precision: str = "float64",
     edge_samples: int | None = None,
+    cache_mb: float = 0.0,
     loss_tolerance: float | None = None,
     variant: str = "local",
     basis: str = "interaction",
@@ -105,9 +106,9 @@ def find_modules(
     ties : {"keep", "rotate"}
         ``"rotate"``: turn features whose Λ tie within sampling error into the orientation
         with the least degeneracy cost (see :func:`interaction_graph`).
-    precision, edge_samples
-        As for :func:`interaction_graph`: the edge kernel's products, and edges from a
-        subsample with a standard error.
+    precision, edge_samples, cache_mb
+        As for :func:`interaction_graph`: the edge kernel's products, edges from a subsample
+        with a standard error, and records kept between passes.
     variant : {"local", "global"}
         Interaction-basis variant.
     basis : {"interaction", "pca", "neuron"}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._threads import warn_if_threads_contend
+from .cache import ActivationCache
 from .data import Shard, check_data, data_rows, iter_batches, progress_bar, unsharded
 from .distributed import Group, resolve
 from .errors import ModgraphTypeError, ModgraphValueError
@@ -265,6 +266,8 @@ class Session:
     quantities that do not depend on the data, so that they need no pass)."""
     group: Group | None = None
     """The process group of a distributed run; ``None`` on one process."""
+    cache: ActivationCache | None = None
+    """Records kept between passes (``cache_mb``); None: none kept."""
     shard: Shard | None = None
     """This process's part of the data in a distributed run."""
     shard_rows: int | None = None
@@ -283,6 +286,17 @@ class Session:
         if self.group is None or self.group.rank == 0:
             return seed
         return (seed ^ (self.group.rank * 0x9E3779B97F4A7C15)) & 0x7FFFFFFFFFFFFFFF
+
+    def run(self, index: int, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The records of ``names`` for batch ``index`` of a pass: kept ones when the session's
+        :class:`~modgraph.cache.ActivationCache` holds them, else by running the model."""
+        held = None if self.cache is None else self.cache.get(index, names)
+        if held is not None:
+            return held
+        records = self.tracer.run(x, record=names)
+        if self.cache is not None:
+            self.cache.put(index, records)
+        return records
 
     def reduce(self, total: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """A float64 sum over this process's data, summed over every process of a distributed
@@ -389,37 +403,6 @@ class Session:
             )
 
 
-_THREADS_WARNED = False
-
-
-def warn_if_threads_contend() -> None:
-    """Log once per process when torch runs several threads on a machine already busier than
-    its cores. Measured (pretrained MNIST MLP, 1,797 digits, 2 cores at load 3): 1 thread
-    0.5–0.9 s; 2 threads 2.2–5.9 s with OpenMP's default wait policy (up to 18.5 s with
-    ``OMP_WAIT_POLICY=ACTIVE``), 0.4–1.2 s with ``PASSIVE``. The thread count stays the user's:
-    modgraph never changes it (the CLI's ``--threads`` is the user's own choice)."""
-    global _THREADS_WARNED
-    threads = torch.get_num_threads()
-    if _THREADS_WARNED or threads < 2:
-        return
-    try:
-        load = os.getloadavg()[0]
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # no load average or affinity on this platform
-        return
-    if load >= cores:
-        _THREADS_WARNED = True
-        logger.warning(
-            "torch uses %d threads on a machine whose load average (%.1f) already fills its %d "
-            "cores: waiting threads then spin against the other work and a run can be several "
-            "times slower (docs/robustness.md). Consider torch.set_num_threads(1) or "
-            "OMP_WAIT_POLICY=PASSIVE.",
-            threads,
-            load,
-            cores,
-        )
-
-
 @contextlib.contextmanager
 def _attention_fast_path(enabled: bool) -> Iterator[None]:
     """Set torch's fused fast path of nn.MultiheadAttention / nn.TransformerEncoderLayer (it
@@ -486,4 +469,5 @@ def session(
                 group=group,
                 shard=None if group is None else Shard(group.rank, group.size, options.batch_size),
                 shard_rows=data_rows(data) if group is None else None,
+                cache=ActivationCache(int(options.cache_mb * 2**20)) if options.cache_mb else None,
             )

@@ -181,6 +181,7 @@ def interaction_graph(
     ties: str = "keep",
     precision: str = "float64",
     edge_samples: int | None = None,
+    cache_mb: float = 0.0,
     variant: str = "local",
     basis: str = "interaction",
     rtol: float = 1e-10,
@@ -234,6 +235,11 @@ def interaction_graph(
         probability ``edge_samples / N``, seeded by ``seed``) instead of all ``N``: the graph
         then carries the standard error of every edge (``edge_stderr``), from the same streamed
         sums. Default: every row, no error bar.
+    cache_mb : float
+        Memory (MiB) the run may use to keep the node-layer records of the first pass, so that
+        the elementwise edge pass reads them instead of running the model again (same sums, bit
+        for bit; batches kept in order until the budget is spent). Default 0: nothing is kept,
+        activations are only streamed.
     batch_size, dtype, device, output, progress, positions, distributed
         As for :func:`interaction_basis`.
 

@@ -394,12 +394,14 @@ def compute_edges(
     products = torch.float64 if precision == "float64" else torch.float32
     if shared:
         with torch.no_grad(), _tf32(precision == "tf32" and sess.device.type == "cuda"):
-            for x in sess.batches("edges (elementwise)"):
+            for index, x in enumerate(sess.batches("edges (elementwise)")):
                 if subsample is not None:
                     x, seen = x[subsample.keep(seen, x.shape[0], x.device)], seen + x.shape[0]
                     if x.shape[0] == 0:
                         continue
-                acts = sess.tracer.run(x, record=[s.source for s in shared])
+                    acts = sess.tracer.run(x, record=[s.source for s in shared])
+                else:  # the first pass's records where the session keeps them (cache_mb)
+                    acts = sess.run(index, x, [s.source for s in shared])
                 for s in shared:
                     a, src, dst = acts[s.source], tensors[s.source], tensors[s.target]
                     sq = None

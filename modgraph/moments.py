@@ -202,7 +202,7 @@ def accumulate_statistics(
     site_rows: dict[str, int] = {}
     with torch.no_grad():
         for b, x in enumerate(sess.batches(desc)):
-            acts = sess.tracer.run(x, record=plan.names)
+            acts = sess.run(b, x, plan.names)
             add_layer_moments(moments, acts, plan, b)
             for s in need:
                 slope = elementwise_slope(s, acts[s.source], acts[s.target]).to(torch.float64)

@@ -72,6 +72,8 @@ class Options:
     distributed
         Whether sums are taken over the processes of a ``torch.distributed`` run (None: when a
         process group is initialised).
+    cache_mb
+        Memory (MiB) a session may use to keep node-layer records between passes (0: none).
     caller
         The public function that validated these options ("" before validation); errors raised
         below it name this function.
@@ -103,6 +105,7 @@ class Options:
     attention_tol: float = 1e-6
     positions: tuple[int, ...] | None = None
     distributed: bool | None = None
+    cache_mb: float = 0.0
     caller: str = ""
 
     def validated(self, where: str) -> Options:
@@ -190,6 +193,7 @@ class Options:
             ),
             positions=_check_positions(self.positions, where),
             distributed=_check_optional_bool(self.distributed, "distributed", where),
+            cache_mb=check_float(self.cache_mb, "cache_mb", where, low=0.0, low_open=False),
             caller=where,
         )
 

@@ -45,6 +45,8 @@ FLOORS = {
     "faithfulness": 9,  # ablations through capture, graphs from interactions
     "ties": 3,
     "_leiden_worker": 1,  # Leiden restarts in worker processes; imports no other room
+    "_threads": 1,  # the thread-count warning of a session
+    "cache": 1,  # node-layer records kept between passes (cache_mb)
     "kernels": 7,  # edge kernels: capture, jacobian, ties; InteractionBasis only as a type
     "plot": 10,
     "degeneracy": 7,

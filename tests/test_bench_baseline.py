@@ -261,3 +261,51 @@ def test_positions_jobs_tiny() -> None:
         assert set(res["vs"]["speedup"]) == set(models.NUMERIC_STAGES)
         text = run.report_positions(res)
         assert "R=3" in text and "exact" in text
+
+
+# --------------------------------------------------------------------------------------------
+# Speed of issue 16: the speed job at tiny sizes
+# --------------------------------------------------------------------------------------------
+
+
+def test_speed_job_tiny(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import speed
+
+    sizes = {**run.SIZES["tiny"]["speed"], "random_sources": run.SIZES["tiny"]["random_sources"]}
+    for name in ("transformer", "cnn"):
+        sizes[name] = {**run.SIZES["tiny"][name], "n": sizes[f"{name}_n"]}
+    # the kernel's "before" row switches the library's setting back, and restores it after
+    seen = []
+    library_kernel = kernels.elementwise_edges
+
+    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(kernels.SPARSE_MIN_WIDTH)
+        return library_kernel(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "elementwise_edges", spy)
+    res = jobs.execute({"kind": "speed", "sizes": sizes, "batch_size": 64, "threads": 1,
+                        "rate": TINY_RATE})  # fmt: skip
+    res = json.loads(json.dumps(res))  # the JSON rows, as bench.run writes them
+    assert {10**9, kernels.SPARSE_MIN_WIDTH} <= set(seen) and kernels.SPARSE_MIN_WIDTH < 10**9
+    assert kernels._constant_without_positions is not speed._never_constant
+    for k in res["kernel"]:
+        assert all(r["seconds"] > 0 for r in k["rows"].values())
+        assert k["rows"]["library"]["rel_error"] < 1e-12
+        assert 0 < k["rows"]["float32"]["rel_error"] < 1e-5
+    for label in speed.RESIDUAL_VARIANTS:
+        r = res["residual"][label]
+        assert r["n_constant"] == 2 and r["before_s"] > 0 and r["library_s"] > 0
+        assert r["rel_diff"] < 1e-10
+    assert res["residual"]["nn.ReLU"]["kinds"].count("elementwise") == 2
+    assert res["residual"]["torch.relu"]["kinds"].count("elementwise") == 0
+    for p in res["precision"]:
+        assert p["float64_s"] > 0 and p["float32_s"] > 0 and p["n_elementwise"] == 0
+        assert p["rel_error"] == 0  # no elementwise section: float32 changes nothing
+    s = res["samples"]
+    assert s["full_s"] > 0 and s["sub_s"] > 0 and s["median_stderr_over_E"] > 0
+    m = res["mnist"]
+    assert m["kinds"] == ["elementwise", "elementwise", "junction"]
+    assert all(m["stages"][st]["x_floor"] > 0 for st in models.NUMERIC_STAGES)
+    assert m["find_modules_s"] > 0 and m["find_modules_x_floor"] > 0
+    text = speed.report_speed(res)
+    assert "speed 1." in text and "speed 5." in text and "find_modules" in text

@@ -132,12 +132,10 @@ def test_residual_add_edges_need_no_pass_and_equal_the_pass(monkeypatch):
         assert np.abs(fast.edges[pair] - E).max() <= 1e-10 * E.max(), pair
 
 
-def test_threads_contending_with_a_busy_machine_are_named_once_and_left_alone(
-    monkeypatch, caplog
-):
+def test_threads_contending_with_a_busy_machine_are_named_once_and_left_alone(monkeypatch, caplog):
     import logging
 
-    from modgraph import capture
+    from modgraph import _threads as capture
 
     model = mlp([4, 6, 2], seed=0)
     x = torch.randn(40, 4, dtype=torch.float64)
@@ -172,3 +170,34 @@ def test_the_cuda_bench_skips_cleanly_and_its_rows_run_on_any_device(capsys):
     assert [r["precision"] for r in rows] == ["float64", "float32", "tf32"]
     assert rows[0]["edge_error"] == 0 and 0 < rows[1]["edge_error"] < 1e-5
     assert all(r["edges_s"] > 0 and r["search_s"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize(
+    "cache_mb", [64.0, 0.5]
+)  # all kept; the first 2 of 6 batches (176 KB each)
+def test_kept_records_skip_the_second_forward_and_change_no_sum(monkeypatch, cache_mb):
+    from modgraph.capture import Tracer
+
+    model = mlp([10, 48, 48, 4], seed=3)
+    x = torch.randn(1200, 10, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    runs = []
+    original = Tracer.run
+
+    def counted(self, x, *args, **kwargs):
+        runs.append(int(x.shape[0]))
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(Tracer, "run", counted)
+    streamed = interaction_graph(model, x, batch_size=200, progress=False)
+    rows_streamed, runs[:] = sum(runs), []
+    kept = interaction_graph(model, x, batch_size=200, cache_mb=cache_mb, progress=False)
+    rows_kept = sum(runs)
+    for pair, E in streamed.edges.items():
+        assert np.array_equal(kept.edges[pair], E), pair
+    for name, b in streamed.bases.items():
+        assert np.array_equal(kept.bases[name].C, b.C)
+    # one forward of the 1,200 rows saved when everything fits, part of one otherwise
+    if cache_mb > 1:
+        assert rows_streamed - rows_kept == 1200
+    else:
+        assert 0 < rows_streamed - rows_kept < 1200
