@@ -1,14 +1,14 @@
 """The graph-scale and edge-kernel jobs, and how any job runs (here or in a fresh subprocess).
 
 A job is a JSON-able dict with a ``"kind"`` (``pipeline``, ``positions``, ``graph``,
-``kernel``, ``leiden`` or ``leiden_breakeven``), the thread count and the matmul-rate settings; :func:`run_job` runs it in a fresh
+``kernel``, ``leiden``, ``leiden_breakeven`` or ``speed``), the thread count and the matmul-rate
+settings; :func:`run_job` runs it in a fresh
 ``python -m bench.run --job '<json>'`` process so that its peak memory is its own.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import modgraph
@@ -29,9 +28,10 @@ from modgraph.options import Options
 from .baseline import mlp_sections, run_baseline
 from .leiden import breakeven_job, leiden_job
 from .meter import RATE, Meter, matmul_rate
-from .models import make_data, make_model
+from .models import make_data, make_model, synthetic_matrices
 from .pipeline import pipeline_job, relative_gap, run_pipeline
 from .positions import positions_job
+from .speed import speed_job
 
 __all__ = ["ROOT", "execute", "graph_job", "kernel_job", "run_job", "synthetic_matrices"]
 
@@ -41,40 +41,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # --------------------------------------------------------------------------------------------
 # Graph scale
 # --------------------------------------------------------------------------------------------
-
-
-def synthetic_matrices(
-    n_edges: int,
-    *,
-    n_layers: int = 11,
-    density: float = 0.1,
-    n_modules: int = 8,
-    mixing: float = 0.2,
-    epsilon: float = 1.0,
-    seed: int = 0,
-) -> list[np.ndarray]:
-    """Layered interaction matrices with about ``n_edges`` entries above ``epsilon``.
-
-    ``n_layers`` node layers of equal width ``w ≈ sqrt(n_edges / ((n_layers − 1) · density))``;
-    each feature belongs to one of ``n_modules`` planted modules (contiguous blocks); a fraction
-    ``mixing`` of the entries above ε join different modules. Above ε: ``E = ε·exp(2·Exp(1))``
-    (cost ``½ ln(E/ε)`` exponential with mean 1); below: ``E = ε·U(0, 1)``.
-    """
-    rng = np.random.default_rng(seed)
-    pairs = n_layers - 1
-    w = max(2, round(math.sqrt(n_edges / (pairs * density))))
-    p_in = min(1.0, (1 - mixing) * density * n_modules)
-    p_out = mixing * density / (1 - 1 / n_modules)
-    labels = np.arange(w) * n_modules // w
-    same = labels[:, None] == labels[None, :]
-    prob = np.where(same, p_in, p_out)
-    mats = []
-    for _ in range(pairs):
-        above = rng.random((w, w)) < prob
-        E = epsilon * rng.random((w, w))
-        E[above] = epsilon * np.exp(2.0 * rng.exponential(1.0, int(above.sum())) + 1e-9)
-        mats.append(E)
-    return mats
 
 
 def graph_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -222,6 +188,7 @@ JOBS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "positions": positions_job,
     "leiden": leiden_job,
     "leiden_breakeven": breakeven_job,
+    "speed": speed_job,
 }
 
 _WARM = False

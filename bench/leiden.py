@@ -92,7 +92,7 @@ def _search(graph: Any, n_restarts: int, settings: dict[str, Any]) -> dict[str, 
 
 
 def _graph(n_edges: int) -> Any:
-    from .jobs import synthetic_matrices
+    from .models import synthetic_matrices
 
     return modgraph.InteractionGraph.from_matrices(synthetic_matrices(n_edges), epsilon=1.0)
 

@@ -144,3 +144,19 @@ def top_ops(prof: Any, rows: int = 8) -> list[dict[str, Any]]:
         }
         for e in events[:rows]
     ]
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            if v == 0 or 0.01 <= abs(v) < 1e5:
+                return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+            return f"{v:.2e}"
+        return str(v)
+
+    text = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in text)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in text]
+    return "\n".join(lines)

@@ -16,6 +16,7 @@ import copy
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +32,7 @@ __all__ = [
     "eigh_flops",
     "make_data",
     "make_model",
+    "mnist_inputs",
     "section_kinds",
     "stage_flops",
     "totals",
@@ -73,6 +75,23 @@ def make_model(widths: Sequence[int], path: str, seed: int = 0) -> nn.Module:
 def make_data(n: int, d: int, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(n, d, dtype=torch.float64, generator=gen)
+
+
+def mnist_inputs(n: int, seed: int = 1) -> torch.Tensor:
+    """``n`` MNIST-like 28 × 28 inputs (flattened, float64) for ``modgraph.toy.load_mnist_mlp``:
+    ``modgraph.toy.digits_as_mnist`` (1,797 images) as they are, then tiled copies with N(0, 0.1²)
+    noise on the 24 × 24 square the digits cover (the 2-pixel border stays 0), clipped to [0, 1]."""
+    from modgraph.toy import digits_as_mnist
+
+    digits = digits_as_mnist()[0]
+    if n <= digits.shape[0]:
+        return digits[:n].clone()
+    x = digits.repeat(-(-n // digits.shape[0]), 1)[:n].clone()
+    gen = torch.Generator().manual_seed(seed)
+    noise = 0.1 * torch.randn(n - digits.shape[0], 28, 28, dtype=x.dtype, generator=gen)
+    noise[:, :2] = noise[:, -2:] = noise[:, :, :2] = noise[:, :, -2:] = 0.0
+    x[digits.shape[0] :] += noise.reshape(-1, 784)
+    return x.clamp_(0.0, 1.0)
 
 
 def section_kinds(sess: Session) -> list[str]:
@@ -203,3 +222,37 @@ def baseline_flops(dims: Sequence[int], ks: Sequence[int], ranks: Sequence[int],
 def totals(parts: Parts) -> dict[str, float]:
     """FLOPs per stage: the parts of :func:`stage_flops` or :func:`baseline_flops` summed."""
     return {stage: sum(p.values()) for stage, p in parts.items()}
+
+
+def synthetic_matrices(
+    n_edges: int,
+    *,
+    n_layers: int = 11,
+    density: float = 0.1,
+    n_modules: int = 8,
+    mixing: float = 0.2,
+    epsilon: float = 1.0,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Layered interaction matrices with about ``n_edges`` entries above ``epsilon``.
+
+    ``n_layers`` node layers of equal width ``w ≈ sqrt(n_edges / ((n_layers − 1) · density))``;
+    each feature belongs to one of ``n_modules`` planted modules (contiguous blocks); a fraction
+    ``mixing`` of the entries above ε join different modules. Above ε: ``E = ε·exp(2·Exp(1))``
+    (cost ``½ ln(E/ε)`` exponential with mean 1); below: ``E = ε·U(0, 1)``.
+    """
+    rng = np.random.default_rng(seed)
+    pairs = n_layers - 1
+    w = max(2, round(math.sqrt(n_edges / (pairs * density))))
+    p_in = min(1.0, (1 - mixing) * density * n_modules)
+    p_out = mixing * density / (1 - 1 / n_modules)
+    labels = np.arange(w) * n_modules // w
+    same = labels[:, None] == labels[None, :]
+    prob = np.where(same, p_in, p_out)
+    mats = []
+    for _ in range(pairs):
+        above = rng.random((w, w)) < prob
+        E = epsilon * rng.random((w, w))
+        E[above] = epsilon * np.exp(2.0 * rng.exponential(1.0, int(above.sum())) + 1e-9)
+        mats.append(E)
+    return mats

@@ -30,9 +30,12 @@ import torch
 import modgraph
 
 from .jobs import ROOT, execute, run_job
+from .meter import format_table
 from .models import NUMERIC_STAGES
 from .pipeline import N_RESTARTS
 from .positions import model_name
+from .speed import PARTS as SPEED_PARTS
+from .speed import report_speed
 
 __all__ = ["SIZES", "fit_exponent", "format_table", "machine_info", "main", "stage_rows"]
 
@@ -58,6 +61,14 @@ SIZES: dict[str, dict[str, Any]] = {
         "random_sources": 8,
         "rate": {"n": 1024, "repeats": 5, "min_seconds": 0.2},
         "isolate": True,
+        "speed": {
+            "kernel": {"input_dim": 64, "widths": (256, 512, 1024), "n": 2_000, "square_n": 1_100},
+            "residual": {"n": 4_000, "d_in": 64, "width": 256, "hidden": 512, "blocks": 3},
+            "transformer_n": 128,
+            "cnn_n": 1_000,
+            "mnist_n": 10_000,
+            "edge_samples": 1_000,
+        },
     },
     "quick": {
         "input_dim": 784,
@@ -77,6 +88,14 @@ SIZES: dict[str, dict[str, Any]] = {
         "random_sources": 8,
         "rate": {"n": 1024, "repeats": 3, "min_seconds": 0.1},
         "isolate": False,
+        "speed": {
+            "kernel": {"input_dim": 64, "widths": (256, 512), "n": 1_000, "square_n": 600},
+            "residual": {"n": 1_000, "d_in": 64, "width": 256, "hidden": 512, "blocks": 3},
+            "transformer_n": 32,
+            "cnn_n": 250,
+            "mnist_n": 1_797,
+            "edge_samples": 1_000,
+        },
     },
     "tiny": {
         "input_dim": 24,
@@ -96,6 +115,14 @@ SIZES: dict[str, dict[str, Any]] = {
         "random_sources": 3,
         "rate": {"n": 128, "repeats": 1, "min_seconds": 0.001},
         "isolate": False,
+        "speed": {
+            "kernel": {"input_dim": 12, "widths": (16,), "n": 120, "square_n": 60},
+            "residual": {"n": 120, "d_in": 8, "width": 12, "hidden": 16, "blocks": 2},
+            "transformer_n": 8,
+            "cnn_n": 16,
+            "mnist_n": 200,
+            "edge_samples": 100,
+        },
     },
 }
 OUTPUT_DIM = 10
@@ -112,22 +139,6 @@ def fit_exponent(xs: Sequence[float], ys: Sequence[float]) -> float:
     """Least-squares slope of ``log y`` against ``log x``."""
     lx, ly = np.log(np.asarray(xs, dtype=float)), np.log(np.maximum(np.asarray(ys, float), 1e-12))
     return float(np.polyfit(lx, ly, 1)[0])
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            if v == 0 or 0.01 <= abs(v) < 1e5:
-                return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
-            return f"{v:.2e}"
-        return str(v)
-
-    text = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in text)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in text]
-    return "\n".join(lines)
 
 
 #: Columns of :func:`stage_rows` (after the caller's own leading columns).
@@ -359,6 +370,26 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
             "target": "< 30 s on 1.6M edges, 8 restarts (issue 16)",
             "met": library["seconds"] < 30 if leiden["n_edges"] >= 1_500_000 else None,
         }
+    speed = results.get("speed", {})
+    wide = [k for k in speed.get("kernel", []) if k["widths"][1] >= 512]
+    if wide:
+        name = {id(k): "-".join(map(str, k["widths"])) for k in wide}
+        exact = {name[id(k)]: k["rows"]["library"]["x_before"] for k in wide}
+        fast = {name[id(k)]: k["rows"]["float32"]["x_before"] for k in wide}
+        out["edge_kernel_speedup"] = {
+            "exact_x_before": exact,
+            "float32_x_before": fast,
+            "target": ">= 2 exact and >= 4 float32 at widths >= 512 (issue 16)",
+            "met": {"exact": min(exact.values()) >= 2, "float32": min(fast.values()) >= 4},
+        }
+    if "mnist" in speed:
+        m = speed["mnist"]
+        out["mnist_find_modules_floor"] = {
+            "n": m["n"],
+            "x_floor": m["find_modules_x_floor"],
+            "target": "<= 1.3 at N = 10,000 (issue 16)",
+            "met": m["find_modules_x_floor"] <= 1.3 if m["n"] >= 10_000 else None,
+        }
     return out
 
 
@@ -374,8 +405,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
     parser.add_argument(
         "--only",
-        default="pipeline,positions,scaling,graph,leiden,kernel",
-        help="comma-separated parts to run (pipeline, positions, scaling, graph, leiden, kernel)",
+        default="pipeline,positions,scaling,graph,leiden,kernel,speed",
+        help="comma-separated parts to run (pipeline, positions, scaling, graph, leiden, kernel, "
+        "speed; or parts of speed alone: speed.kernel, speed.residual, speed.precision, "
+        "speed.samples, speed.mnist)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads per job")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
@@ -480,6 +513,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"\n== edge kernel Σ_x (P diag(s_x) Q ∘ f_x)², {_name(mlp(w))}, {shape}, "
             f"{k['rows']} rows ==")  # fmt: skip
         say(report_kernel(k))
+    speed_parts = [p for p in SPEED_PARTS if "speed" in parts or f"speed.{p}" in parts]
+    if speed_parts:
+        sizes = {**cfg["speed"], "random_sources": cfg["random_sources"]}
+        for model in ("transformer", "cnn"):
+            sizes[model] = {**cfg[model], "n": cfg["speed"][f"{model}_n"]}
+        res = results["speed"] = run("speed", sizes=sizes, parts=speed_parts)
+        say(f"\n{report_speed(res)}")
     results["targets"] = targets(results)
     results["wall_seconds"] = time.perf_counter() - t_start
     say("\n== targets ==")

@@ -268,6 +268,7 @@ def test_positions_jobs_tiny() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:only .* data points")
 def test_speed_job_tiny(monkeypatch: pytest.MonkeyPatch) -> None:
     from bench import speed
 

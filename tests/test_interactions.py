@@ -41,6 +41,7 @@ def test_sparse_relu_kernel_matches_brute_force(monkeypatch, n_alpha):
     dense = interaction_graph(case.model, case.x, bases, n_alpha=n_alpha, progress=False).edges
     monkeypatch.setattr(kernels, "SPARSE_MIN_WIDTH", 1)
     monkeypatch.setattr(kernels, "SPARSE_MAX_SHARE", 1.0)
+    monkeypatch.setattr(kernels, "SPARSE_MIN_TARGETS", 1)
     sparse = interaction_graph(case.model, case.x, bases, n_alpha=n_alpha, progress=False).edges
     ref_bases = [{"mean": b.mean, "C": b.C} for b in bases.values()]
     ref = brute_edges(case.x, case.sections, ref_bases, n_alpha=n_alpha)
