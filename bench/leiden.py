@@ -20,17 +20,17 @@ less than the restarts they run side by side save.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 import modgraph
 from modgraph import cluster
+
+from .meter import patched
 
 __all__ = ["ROWS", "breakeven_job", "leiden_job"]
 
@@ -42,18 +42,6 @@ ROWS: dict[str, dict[str, Any]] = {
     "library": {},
     "n_iterations=2": {"_PARALLEL_MIN_EDGES": 10**15, "_STOP_AFTER": 0, "_N_ITERATIONS": 2},
 }
-
-
-@contextlib.contextmanager
-def _settings(values: dict[str, Any]) -> Iterator[None]:
-    saved = {k: getattr(cluster, k) for k in values}
-    try:
-        for k, v in values.items():
-            setattr(cluster, k, v)
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(cluster, k, v)
 
 
 class _Restarts(logging.Handler):
@@ -74,7 +62,7 @@ def _search(graph: Any, n_restarts: int, settings: dict[str, Any]) -> dict[str, 
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        with _settings(settings):
+        with patched(cluster, settings):
             t0 = time.perf_counter()
             part = cluster.leiden_modules(graph, n_restarts=n_restarts, seed=0)
             seconds = time.perf_counter() - t0

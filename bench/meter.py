@@ -14,6 +14,7 @@ import gc
 import resource
 import time
 from collections.abc import Iterator, Sequence
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -160,3 +161,16 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in text]
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def patched(module: ModuleType, values: dict[str, Any]) -> Iterator[None]:
+    """Set ``module``'s attributes to ``values`` while inside, and restore them after."""
+    saved = {k: getattr(module, k) for k in values}
+    try:
+        for k, v in values.items():
+            setattr(module, k, v)
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(module, k, v)

@@ -28,7 +28,7 @@ import contextlib
 import math
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from types import ModuleType
@@ -43,7 +43,7 @@ from modgraph import capture, kernels
 from modgraph.options import Options
 from modgraph.toy import load_mnist_mlp, mlp
 
-from .meter import Meter, format_table, matmul_rate, trim
+from .meter import Meter, format_table, matmul_rate, patched, trim
 from .models import NUMERIC_STAGES, make_data, mnist_inputs, section_kinds, stage_flops, totals
 from .pipeline import FLOP_KEYS, relative_gap, run_pipeline
 from .positions import make_positions_model, model_name
@@ -78,19 +78,6 @@ BEFORE: dict[str, tuple[ModuleType, dict[str, Any]]] = {
 EXPERIMENTS: dict[str, tuple[ModuleType, dict[str, Any]]] = {
     f"sparse if k'>={WIDE_TARGETS} (exp.)": (kernels, {"_gamma_chunk": _gamma_wide_targets}),
 }
-
-
-@contextlib.contextmanager
-def patched(module: ModuleType, values: dict[str, Any]) -> Iterator[None]:
-    """Set ``module``'s attributes to ``values`` while inside, and restore them after."""
-    saved = {k: getattr(module, k) for k in values}
-    try:
-        for k, v in values.items():
-            setattr(module, k, v)
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(module, k, v)
 
 
 def _before(part: str) -> contextlib.AbstractContextManager[None]:
