@@ -43,7 +43,7 @@ from .jacobian import (
 from .moments import Moments, Statistics, accumulate_statistics, count_kept, covariance_cut
 from .options import Options
 from .plan import Section
-from .ties import rotation
+from .ties import turn_columns
 
 __all__ = ["InteractionBasis", "interaction_basis", "turn_basis"]
 
@@ -150,14 +150,19 @@ class InteractionBasis:
 # --------------------------------------------------------------------------------------------
 
 
-def _fix_signs(C: torch.Tensor) -> torch.Tensor:
-    """Make the largest-magnitude entry of each column positive (a deterministic sign)."""
+def _column_signs(C: torch.Tensor) -> torch.Tensor:
+    """``±1`` per column ``(k,)``: the sign of the column's largest-magnitude entry."""
     if C.shape[1] == 0:
-        return C
+        return C.new_ones(0)
     idx = C.abs().argmax(0)
     signs = torch.sign(C[idx, torch.arange(C.shape[1], device=C.device)])
     signs[signs == 0] = 1
-    return C * signs
+    return signs
+
+
+def _fix_signs(C: torch.Tensor) -> torch.Tensor:
+    """Make the largest-magnitude entry of each column positive (a deterministic sign)."""
+    return C * _column_signs(C)
 
 
 def _fit_layer(
@@ -263,15 +268,17 @@ def turn_basis(basis: InteractionBasis, pairs: np.ndarray, angles: np.ndarray) -
     sin θ cos θ (Λ_b − Λ_a)``, small because the pair's Λ are within sampling error of each
     other. The spectra (``jacobian_eigenvalues``) are unchanged.
     """
-    R = rotation(basis.k, pairs, angles)
-    C = basis.C @ R
-    signs = np.sign(C[np.abs(C).argmax(0), np.arange(C.shape[1])]) if C.size else np.ones(0)
-    signs[signs == 0] = 1
-    lam = (R**2).T @ basis.eigenvalues
+    C = turn_columns(basis.C, pairs, angles)  # C R
+    signs = _column_signs(torch.from_numpy(C)).numpy()
+    C_pinv = turn_columns(basis.C_pinv.T, pairs, angles).T  # Rᵀ C⁺
+    lam = np.array(basis.eigenvalues, dtype=np.float64, copy=True)  # Σ_i R_ia² Λ_i
+    a, b = pairs[:, 0], pairs[:, 1]
+    c2, s2 = np.cos(angles) ** 2, np.sin(angles) ** 2
+    lam[a], lam[b] = c2 * lam[a] + s2 * lam[b], s2 * lam[a] + c2 * lam[b]
     turned = dataclasses.replace(
         basis,
         C=readonly(C * signs),
-        C_pinv=readonly((R.T @ basis.C_pinv) * signs[:, None]),
+        C_pinv=readonly(C_pinv * signs[:, None]),
         eigenvalues=readonly(lam),
         tie_pairs=readonly(np.concatenate([basis.tie_pairs, pairs]), np.int64),
         tie_angles=readonly(np.concatenate([basis.tie_angles, angles])),

@@ -45,6 +45,7 @@ __all__ = [
     "rotation",
     "solve_angles",
     "tied_pairs",
+    "turn_columns",
     "turned_edges",
     "untie",
 ]
@@ -313,18 +314,20 @@ def turned_edges(
     return out, into
 
 
-def rotation(k: int, pairs: np.ndarray, angles: np.ndarray) -> np.ndarray:
-    """The orthogonal ``R (k, k)`` with ``f̂' = Rᵀ f̂``: each pair turned by its angle."""
-    R = np.eye(k)
+def turn_columns(M: np.ndarray, pairs: np.ndarray, angles: np.ndarray) -> np.ndarray:
+    """``M R`` for ``M (..., k)``: each pair of columns ``(a, b)`` turned by its angle,
+    ``(c M_a + s M_b, −s M_a + c M_b)``, without forming ``R`` (pairs are disjoint)."""
+    out = np.array(M, dtype=np.float64, copy=True)
     a, b = pairs[:, 0], pairs[:, 1]
     c, s = np.cos(angles), np.sin(angles)
-    R[a, a], R[b, a], R[a, b], R[b, b] = c, s, -s, c
-    return R
+    ma, mb = out[..., a], out[..., b]
+    out[..., a], out[..., b] = c * ma + s * mb, c * mb - s * ma
+    return out
 
 
-def turned_layers(angles: Mapping[str, np.ndarray]) -> list[str]:
-    """Layers where at least one pair turned."""
-    return [name for name, a in angles.items() if np.any(a != 0)]
+def rotation(k: int, pairs: np.ndarray, angles: np.ndarray) -> np.ndarray:
+    """The orthogonal ``R (k, k)`` with ``f̂' = Rᵀ f̂``: each pair turned by its angle."""
+    return turn_columns(np.eye(k), pairs, angles)
 
 
 class _Basis(Protocol):

@@ -5,6 +5,7 @@ order."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -107,6 +108,18 @@ def new_figure(figsize: tuple[float, float]) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(figsize=figsize, layout="constrained")
+
+
+def panel_grid(n: int, panel: tuple[float, float]) -> tuple[Figure, list[Axes]]:
+    """A new figure of ``n`` panels of size ``panel`` (inches), at most three per row; the
+    grid's unused cells are hidden."""
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig = new_figure((panel[0] * cols, panel[1] * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for extra in axes[n:]:
+        extra.set_visible(False)
+    return fig, list(axes[:n])
 
 
 def figure_of(ax: Axes, where: str) -> Figure:

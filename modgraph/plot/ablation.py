@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -12,7 +11,7 @@ import numpy as np
 from .._validate import check_choice, check_float
 from ..errors import ModgraphTypeError, ModgraphValueError
 from ..faithfulness import AblationCurve
-from ._figure import figure_of, new_figure, plain, save, save_format
+from ._figure import figure_of, panel_grid, plain, save, save_format
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -93,12 +92,7 @@ def plot_ablation(
         panels.setdefault((c.kind, c.layers), []).append(c)
     if ax is None:
         n = len(panels)
-        cols = min(n, 3)
-        rows = math.ceil(n / cols)
-        fig = new_figure((4.4 * cols, 3.4 * rows))
-        axes = fig.subplots(rows, cols, squeeze=False).ravel()
-        for extra in axes[n:]:
-            extra.set_visible(False)
+        fig, axes = panel_grid(n, (4.4, 3.4))
         for panel, ((kind, layers), group) in zip(axes, panels.items()):
             _draw(panel, group, value, tolerance)
             panel.set_title(_name(kind, layers), fontsize=9)

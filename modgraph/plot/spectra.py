@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import os
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._figure import figure_of, new_figure, plain, save, save_format
+from ._figure import figure_of, panel_grid, plain, save, save_format
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -55,12 +54,7 @@ def plot_spectra(
     floor = report.rtol * 1e-6
     if ax is None:
         n = len(report.layers)
-        cols = min(n, 3)
-        rows = math.ceil(n / cols)
-        fig = new_figure((4.2 * cols, 3.2 * rows))
-        axes = fig.subplots(rows, cols, squeeze=False).ravel()
-        for extra in axes[n:]:
-            extra.set_visible(False)
+        fig, axes = panel_grid(n, (4.2, 3.2))
         for panel, layer in zip(axes, report.layers):
             _draw(panel, [layer], floor, report.rtol)
             panel.set_title(
