@@ -184,9 +184,8 @@ def stage_flops(
             edges["matmul"] += 2.0 * n * kn * dn * k
             edges["elementwise"] += n * kn * dn + 3.0 * n * kn * k  # P∘s; Γ², ∘f², Σ
         elif k and kn:  # kernels._autograd_edges: forward to l+1, k' VJPs per row
-            # (after kernels._constant_without_positions reads one sample's graph again: a
-            # Linear source whose Jacobian is not constant here)
-            edges["matmul"] += sum(fwd[: l + 1]) * (1 + 1 / n) + 2.0 * n * d * k
+            # (whether its Jacobian is constant was read once, in the basis stage)
+            edges["matmul"] += sum(fwd[: l + 1]) + 2.0 * n * d * k
             if kind == "autograd_folded":  # (W C⁺ᵀ) once; Γ = (∂f̂'/∂z) (W C⁺ᵀ)
                 edges["matmul"] += 2.0 * dn * d * k + 2.0 * n * kn * dn * k
             else:  # VJPs through W, then Γ = (∂f̂'/∂a) C⁺ᵀ

@@ -19,7 +19,7 @@ import contextlib
 import copy
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -268,6 +268,8 @@ class Session:
     """The process group of a distributed run; ``None`` on one process."""
     cache: ActivationCache | None = None
     """Records kept between passes (``cache_mb``); None: none kept."""
+    constant_sections: dict[tuple[str, str], bool] = field(default_factory=dict)
+    """Which sections have a data-independent Jacobian, once read (by the bases and edges)."""
     shard: Shard | None = None
     """This process's part of the data in a distributed run."""
     shard_rows: int | None = None

@@ -201,7 +201,14 @@ def constant_jacobian(sess: Session, section: Section) -> bool:
     one data point: the source module is affine (a plain Linear or a convolution), every
     autograd node between its output and the target is a sum, difference, copy or view (a
     residual add of a term that does not depend on the source, say), and nothing reaches the
-    target from the source around the module."""
+    target from the source around the module. Read once per section and session."""
+    known = sess.constant_sections.get(section.key)
+    if known is None:
+        known = sess.constant_sections[section.key] = _constant_jacobian(sess, section)
+    return known
+
+
+def _constant_jacobian(sess: Session, section: Section) -> bool:
     module = sess.plan.modules[section.source]
     if not (is_plain_linear(module) or type(module) in _AFFINE_CONVOLUTIONS):
         return False
