@@ -27,6 +27,7 @@ from .errors import ModgraphValueError
 from .faithfulness.epsilon import ablation_graph
 from .graph import InteractionGraph
 from .interactions import measure_graph
+from .modularity import module_lists
 from .options import ABLATION, Options
 from .result import ModuleResult
 
@@ -190,14 +191,12 @@ def _search_on_rank_zero(group: Group, graph: InteractionGraph, options: Options
     if partition is not None:
         return partition
     labels = membership.numpy().copy()
-    ids = graph.node_ids
-    order = np.argsort(labels, kind="stable")
-    bounds = np.searchsorted(labels[order], np.arange(int(labels.max(initial=-1)) + 2))
+    modules = module_lists(labels, graph.node_ids)
     labels.setflags(write=False)
     score, cross_cost, cross_fraction, resolution = (float(v) for v in scores)
     return Partition(
         membership=labels,
-        modules=[[ids[i] for i in order[a:b]] for a, b in zip(bounds[:-1], bounds[1:])],
+        modules=modules,
         score=score,
         cross_cost=cross_cost,
         cross_fraction=cross_fraction,

@@ -28,6 +28,7 @@ from .modularity import (
     canonical_membership,
     cost_split,
     modularity_from_edges,
+    module_lists,
     node_strength,
 )
 from .options import Options
@@ -479,10 +480,7 @@ def search_modules(graph: Any, options: Options) -> Partition:
         search.n, search.src, search.dst, search.cost, membership, resolution
     )
     split = cost_split(search.src, search.dst, search.cost, canonical_membership(membership))
-    ids = graph.node_ids
-    order = np.argsort(membership, kind="stable")
-    bounds = np.searchsorted(membership[order], np.arange(search.count(membership) + 1))
-    modules = [[ids[i] for i in order[a:b]] for a, b in zip(bounds[:-1], bounds[1:])]
+    modules = module_lists(membership, graph.node_ids)
     membership.setflags(write=False)
     logger.info("Leiden: %d modules, Q_deg=%.4f at γ=%.4g", len(modules), score, resolution)
     return Partition(

@@ -63,6 +63,14 @@ def canonical_membership(membership: np.ndarray) -> np.ndarray:
     return m
 
 
+def module_lists(membership: np.ndarray, ids: Any) -> list[list[str]]:
+    """The node ids of each module ``0 … max`` of ``membership (n,)``, in node order (features
+    in no module, ``-1``, are left out)."""
+    order = np.argsort(membership, kind="stable")
+    bounds = np.searchsorted(membership[order], np.arange(int(membership.max(initial=-1)) + 2))
+    return [[ids[i] for i in order[a:b]] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def node_strength(n: int, src: np.ndarray, dst: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """``k_i = Σ_j w_ij`` of every node, shape (n,), from an undirected edge list (each edge once)."""
     return np.bincount(src, weight, minlength=n) + np.bincount(dst, weight, minlength=n)
