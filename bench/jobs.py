@@ -22,7 +22,7 @@ import torch
 
 import modgraph
 from modgraph import basis as mg_basis
-from modgraph import capture, cluster, kernels
+from modgraph import capture, cluster, elementwise, kernels
 from modgraph.options import Options
 
 from .baseline import mlp_sections, run_baseline
@@ -84,7 +84,7 @@ KERNEL_VARIANTS = ("library", "matmul_only", "chunks_64mb", "einsum_64mb", "floa
 
 def _experiment(variant: str, a: torch.Tensor, lin: torch.nn.Linear, src: Any, dst: Any) -> Any:
     """One batch of the edge kernel ``Σ_x (P diag(s_x) Q)² ∘ f_x²`` written out by hand, as an
-    experiment beside the library's ``kernels.elementwise_edges`` (the same per-batch
+    experiment beside the library's ``elementwise.elementwise_edges`` (the same per-batch
     work: ``z``, ``s = σ'(z)`` for ReLU, features, ``Q = W C⁺ᵀ``; then the kernel):
 
     - ``matmul_only``: the library's chunks, the Γ GEMM alone (the floor of its layout);
@@ -99,7 +99,7 @@ def _experiment(variant: str, a: torch.Tensor, lin: torch.nn.Linear, src: Any, d
     f = centred @ src.C
     s = (torch.nn.functional.linear(a, lin.weight, lin.bias) > 0).to(torch.float64)
     k_next, d_next, k = P.shape[0], P.shape[1], Q.shape[1]
-    elements = 2**23 if variant.endswith("64mb") else kernels.CACHE_ELEMENTS
+    elements = 2**23 if variant.endswith("64mb") else elementwise.CACHE_ELEMENTS
     rows = max(1, elements // max(1, k_next * max(d_next, k)))
     dtype = torch.float32 if variant == "float32" else torch.float64
     P, Q, s, f = (t.to(dtype) for t in (P, Q, s, f))
@@ -119,7 +119,7 @@ def _experiment(variant: str, a: torch.Tensor, lin: torch.nn.Linear, src: Any, d
 def kernel_job(job: dict[str, Any]) -> dict[str, Any]:
     """The elementwise edge kernel on the first section of a ``d-w-w-10`` ReLU MLP.
 
-    The ``library`` row calls ``modgraph.kernels.elementwise_edges`` (what
+    The ``library`` row calls ``modgraph.elementwise.elementwise_edges`` (what
     ``compute_edges`` calls for every batch) on the library's own inputs: bases fitted by
     ``basis.fit_bases`` on ``rows`` inputs, source activations recorded by the session's
     tracer, batch by batch. The other rows are experiments (:func:`_experiment`). All give the
@@ -131,8 +131,8 @@ def kernel_job(job: dict[str, Any]) -> dict[str, Any]:
     with capture.session(model, make_data(rows, d_in, seed=1), None, options) as sess:
         bases = mg_basis.fit_bases(sess, mg_basis.measure_statistics(sess, options), options)
         section = sess.plan.sections[0]
-        src = kernels.LayerTensors(bases[section.source], sess.device)
-        dst = kernels.LayerTensors(bases[section.target], sess.device)
+        src = elementwise.LayerTensors(bases[section.source], sess.device)
+        dst = elementwise.LayerTensors(bases[section.target], sess.device)
         alphas, weights = kernels.quadrature(1)
         assert section.linear is not None and section.activation is not None
         lin = section.linear
@@ -146,7 +146,7 @@ def kernel_job(job: dict[str, Any]) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 if variant == "library":
                     parts = [
-                        kernels.elementwise_edges(section, a, src, dst, alphas, weights)
+                        elementwise.elementwise_edges(section, a, src, dst, alphas, weights)
                         for a in acts
                     ]
                 else:

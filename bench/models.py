@@ -23,6 +23,8 @@ from torch import nn
 
 from modgraph.capture import Session
 from modgraph.jacobian import narrowing_linear
+from modgraph.moments import gram_blocks
+from modgraph.pairs import pair_form_pays
 from modgraph.toy import mlp
 
 __all__ = [
@@ -117,6 +119,13 @@ def eigh_flops(n: int) -> float:
     return (4 / 3 + 2) * n**3
 
 
+def gram_flops(n: int, d: int) -> float:
+    """FLOPs of ``moments.add_gram`` over ``n`` rows of width ``d``: the upper triangle's block
+    rows, ``2·n·(hi − lo)·(d − lo)`` each."""
+    edges = gram_blocks(d)
+    return sum(2.0 * n * (hi - lo) * (d - lo) for lo, hi in zip(edges[:-1], edges[1:]))
+
+
 def _empty() -> Parts:
     return {s: dict.fromkeys(PARTS, 0.0) for s in NUMERIC_STAGES}
 
@@ -128,12 +137,15 @@ def stage_flops(
     kinds: Sequence[str],
     n: int,
     batch_size: int = 256,
+    pair_form: bool = True,
 ) -> Parts:
     """FLOPs of modgraph's numeric stages, per stage and part (:data:`PARTS`).
 
     ``dims[l]``, ``ks[l]``, ``ranks[l]``: width, kept features and covariance rank of node layer
     ``l`` (``l = 0..L``, the output last); ``kinds[l]``: the kind of section ``l → l+1`` (see
-    :func:`section_kinds`). Each term names the code that performs it.
+    :func:`section_kinds`). Each term names the code that performs it. ``pair_form=False``
+    counts every elementwise section in the row form (the work of the kernel before the pair
+    form: the floor as issue 16 measured it).
     """
     L = len(kinds)
     fwd = [2.0 * n * dims[l] * dims[l + 1] for l in range(L)]  # forward of each section
@@ -142,7 +154,7 @@ def stage_flops(
     # capture.session: the plan's probe forward (first rows of the first batch); then
     # moments.accumulate_statistics: one forward, cᵀc per node layer, σ'ᵀσ' per elementwise
     probe = min(16, batch_size, n) / n
-    gram["matmul"] = sum(fwd) * (1 + probe) + sum(2.0 * n * d * d for d in dims)
+    gram["matmul"] = sum(fwd) * (1 + probe) + sum(gram_flops(n, d) for d in dims)
     gram["matmul"] += sum(2.0 * n * dims[l + 1] ** 2 for l in range(L) if kinds[l] == "elementwise")
     basis["eigh"] = eigh_flops(dims[L])  # basis.fit_output: covariance_cut of the output
     if "elementwise" in kinds:  # kernels.compute_edges: one shared forward pass
@@ -177,12 +189,22 @@ def stage_flops(
                 )
         if kind == "junction":  # kernels._junction_edges: Γ = C'ᵀ W C⁺ᵀ, no data pass
             edges["matmul"] += 2.0 * kn * dn * d + 2.0 * kn * d * k
-        elif kind == "elementwise":  # kernels.elementwise_edges, every batch:
-            # z = W a + b again (2·N·d·d'), features (2·N·d·k), Q = W C⁺ᵀ per batch, Γ GEMM
-            edges["matmul"] += 2.0 * n * d * dn + 2.0 * n * d * k
+        elif kind == "elementwise" and pair_form and pair_form_pays(n, kn, dn, k):
+            # elementwise.elementwise_slopes: features (2·N·d·k), the slopes read off the
+            # target (nn.ReLU); pairs.PairSums: Σ f̂² s_u s_v (2·N·k·p), contracted once
+            # (2·k'·p·k) with Q = W C⁺ᵀ (2·d'·d·k); p = d'(d'+1)/2 pairs
+            p = dn * (dn + 1) / 2
+            edges["matmul"] += 2.0 * n * d * k + 2.0 * n * k * p + 2.0 * kn * p * k
+            edges["matmul"] += 2.0 * dn * d * k
+            edges["elementwise"] += 2.0 * n * p + 3.0 * p * (kn + k)  # s_u s_v; P_u P_v, Q_u Q_v T
+        elif kind == "elementwise":  # elementwise.row_edges, every batch (d' < SPARSE_MIN_WIDTH):
+            # features (2·N·d·k), slopes read off the target, Q = W C⁺ᵀ per batch, Γ GEMM
+            edges["matmul"] += 2.0 * n * d * k
             edges["matmul"] += math.ceil(n / batch_size) * 2.0 * dn * d * k
             edges["matmul"] += 2.0 * n * kn * dn * k
-            edges["elementwise"] += n * kn * dn + 3.0 * n * kn * k  # P∘s; Γ², ∘f², Σ
+            # Q or P scaled per row (the smaller), then (Γ ⊙ f̂)², Σ
+            scaled = 2.0 * dn * k if dn * k <= kn * (dn + k) else kn * dn + kn * k
+            edges["elementwise"] += n * scaled + 2.0 * n * kn * k
         elif k and kn:  # kernels._autograd_edges: forward to l+1, k' VJPs per row
             # (whether its Jacobian is constant was read once, in the basis stage)
             edges["matmul"] += sum(fwd[: l + 1]) + 2.0 * n * d * k

@@ -6,9 +6,11 @@ with one private setting of the library switched back (:func:`patched`, as ``ben
 does), so that both rows run in the same process on the same machine state:
 
 1. ``kernel``: the elementwise edge kernel on ``modgraph.toy.mlp([d, w, w, 10])`` with N(0, 1)
-   inputs. ``before``: ``kernels.SPARSE_MIN_WIDTH = 10**9`` (the dense kernel of the previous
-   commit); ``library``: today's default (each row's inactive ReLUs skipped from width
-   ``SPARSE_MIN_WIDTH``); ``float32``: ``precision="float32"``. The "of f64 matmul" column
+   inputs. ``before``: the dense row kernel from before issue 16 (``elementwise.SPARSE_MIN_WIDTH =
+   10**9``, ``P`` scaled per row, no pair form); ``library``: today's default (the pair form
+   where it takes fewer FLOPs, else each row's inactive ReLUs skipped from width
+   ``SPARSE_MIN_WIDTH``, and the smaller factor scaled); ``float32``: ``precision="float32"``;
+   ``row form only (exp.)``: the library without the pair form. The "of f64 matmul" column
    divides the FLOPs of the *dense* Γ GEMM, ``Σ_elementwise 2·N·k'·d'·k``, by the seconds of the
    whole ``interaction_graph`` call (bases given) and by the float64 GEMM rate measured around
    the rows: above 100 % means less work than the dense kernel, not a faster GEMM.
@@ -39,7 +41,7 @@ import torch
 from torch import nn
 
 import modgraph
-from modgraph import capture, kernels
+from modgraph import capture, elementwise, kernels
 from modgraph.options import Options
 from modgraph.toy import load_mnist_mlp, mlp
 
@@ -58,25 +60,33 @@ def _never_constant(sess: Any, section: Any) -> bool:
     return False
 
 
-_library_gamma_chunk = kernels._gamma_chunk
-#: Where the experiment row of part 1 allows the sparse kernel: targets with this many kept
-#: features or more (the gathered ``Q[idx]``, (b, a, k) per chunk, costs as much memory traffic
-#: as the product saves when ``k'`` is small, e.g. the 10 features feeding a 10-wide output).
-WIDE_TARGETS = 64
+def _never_pairs(*args: Any, **kwargs: Any) -> bool:
+    return False
 
 
-def _gamma_wide_targets(P: torch.Tensor, Q: torch.Tensor, s: torch.Tensor, sparse: bool) -> Any:
-    return _library_gamma_chunk(P, Q, s, sparse and P.shape[0] >= WIDE_TARGETS)
+def _dense_scaled_gamma(
+    P: torch.Tensor, Q: torch.Tensor, s: torch.Tensor, f: torch.Tensor, sparse: bool
+) -> torch.Tensor:
+    """The row kernel before issue 16: ``P`` scaled by each row's slopes, one dense product,
+    then the columns scaled by the features."""
+    return elementwise._gamma_chunk(P, Q, s, False) * f[:, None, :]
 
 
 #: Part → the module and private settings of its ``before`` row.
 BEFORE: dict[str, tuple[ModuleType, dict[str, Any]]] = {
-    "kernel": (kernels, {"SPARSE_MIN_WIDTH": 10**9}),
+    "kernel": (
+        elementwise,
+        {
+            "SPARSE_MIN_WIDTH": 10**9,
+            "_scaled_gamma_chunk": _dense_scaled_gamma,
+            "pair_form_pays": _never_pairs,
+        },
+    ),
     "residual": (kernels, {"_constant_without_positions": _never_constant}),
 }
 #: Experiment rows (not the library): row name → the module and private settings.
 EXPERIMENTS: dict[str, tuple[ModuleType, dict[str, Any]]] = {
-    f"sparse if k'>={WIDE_TARGETS} (exp.)": (kernels, {"_gamma_chunk": _gamma_wide_targets}),
+    "row form only (exp.)": (elementwise, {"pair_form_pays": _never_pairs}),
 }
 
 
@@ -227,7 +237,7 @@ def kernel_part(cfg: dict[str, Any], batch_size: int, repeats: int) -> list[dict
                 "gemm_gflop": flops / 1e9,
                 "matmul_gflops": rate,
                 "matmul_gflops_f32": matmul_rate(torch.float32),
-                "sparse_min_width": kernels.SPARSE_MIN_WIDTH,
+                "sparse_min_width": elementwise.SPARSE_MIN_WIDTH,
                 "rows": table,
             }
         )

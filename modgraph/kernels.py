@@ -10,8 +10,8 @@ evaluating the Jacobian at activations ``μ + α (a − μ)``. With ``Γ(x) = �
 C_{l+1}ᵀ J(x) C_l⁺ᵀ``, every sum is a float64 accumulation over batches of ``(Γ ⊙ f̂_lᵀ)²``:
 
 - elementwise sections ``a_{l+1} = σ(W a_l + b)``: ``Γ(x) = C_{l+1}ᵀ diag(σ̄'(x)) W C_l⁺ᵀ`` with
-  ``σ̄'`` the quadrature average of ``σ'``, one batched matrix product per batch, no autograd,
-  each row's inactive units skipped where most are inactive;
+  ``σ̄'`` the quadrature average of ``σ'``, no autograd (:mod:`modgraph.elementwise`: the row
+  form or the pair form), all of them in one shared pass;
   a Linear→Linear junction has a constant ``Γ`` and ``E = Γ² ∘ Λ_l`` needs no pass at all;
 - any other section: batched vector–Jacobian products (one per target feature) by autograd.
 
@@ -29,42 +29,23 @@ import numpy as np
 import torch
 
 from .capture import Session
+from .elementwise import LayerTensors, elementwise_slopes, pair_form, row_edges
 from .jacobian import (
     chunk_rows,
     constant_jacobian,
     cotangents,
-    elementwise_derivative,
-    linear_preactivation,
     narrowing_linear,
     section_vjp,
     sign_vectors,
 )
+from .pairs import PairSums
 from .plan import Section
 from .ties import TieSums
 
 if TYPE_CHECKING:
     from .basis import InteractionBasis
 
-__all__ = [
-    "CACHE_ELEMENTS",
-    "LayerTensors",
-    "Subsample",
-    "compute_edges",
-    "elementwise_edges",
-    "quadrature",
-]
-
-
-#: Elements of the per-sample edge products built at once (about 8 MB: stays in cache).
-CACHE_ELEMENTS = 2**20
-
-#: Widths from which the elementwise kernel skips each row's inactive units (measured on one
-#: thread: 0.94× at 256, 1.6× at 512, 1.8× at 1,024 with half the units active), and the
-#: largest active share at which that pays.
-SPARSE_MIN_WIDTH = 512
-SPARSE_MAX_SHARE = 0.75
-#: ... and the fewest target features (measured: a section into 10 features was 6× slower).
-SPARSE_MIN_TARGETS = 64
+__all__ = ["Subsample", "compute_edges", "quadrature"]
 
 
 def quadrature(n_alpha: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,16 +54,6 @@ def quadrature(n_alpha: int) -> tuple[np.ndarray, np.ndarray]:
         return np.ones(1), np.ones(1)
     t, w = np.polynomial.legendre.leggauss(n_alpha)
     return (t + 1) / 2, w / 2
-
-
-class LayerTensors:
-    """Basis tensors of one node layer on the compute device (float64)."""
-
-    def __init__(self, basis: InteractionBasis, device: torch.device) -> None:
-        arrays = (basis.mean, basis.C, basis.C_pinv, basis.eigenvalues)
-        tensors = [torch.tensor(a, dtype=torch.float64, device=device) for a in arrays]
-        self.mean, self.C, self.C_pinv, self.eigenvalues = tensors
-        self.k = int(self.C.shape[1])
 
 
 class Subsample:
@@ -116,81 +87,6 @@ class Subsample:
             return torch.full_like(mean, float("inf"))
         variance = (squares / n - mean.square()).clamp(min=0.0) * (n / (n - 1))
         return (variance / n * max(0.0, 1.0 - self.share)).sqrt()
-
-
-def elementwise_edges(
-    section: Section,
-    a: torch.Tensor,
-    src: LayerTensors,
-    dst: LayerTensors,
-    alphas: np.ndarray,
-    weights: np.ndarray,
-    ties: TieSums | None = None,
-    products: torch.dtype = torch.float64,
-    squares: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Σ over the rows of ``a`` of ``(Γ(x) ⊙ f̂(x))²`` for an elementwise section, (k', k);
-    with ``ties``, the moments of the tied pairs are added to it in the same chunks.
-
-    ``products=torch.float32`` builds each chunk's ``Γ`` and its squares in float32 (the
-    chunk's sum over at most :data:`CACHE_ELEMENTS` / (k'·d') rows too); the sum over chunks
-    stays float64. With ``squares`` (k', k), the sum over rows of each row's value squared
-    is added to it (for the standard error of a subsample)."""
-    assert section.linear is not None
-    W = section.linear.weight.to(torch.float64)
-    P = dst.C.T  # (k', d')
-    Q = W @ src.C_pinv.T  # (d', k)
-    centred = a.to(torch.float64) - src.mean
-    f = centred @ src.C  # (B, k)
-    slope = torch.zeros((a.shape[0], W.shape[0]), dtype=torch.float64, device=a.device)
-    for alpha, w in zip(alphas, weights):
-        point = (src.mean + float(alpha) * centred).to(a.dtype)
-        slope += float(w) * elementwise_derivative(section, linear_preactivation(section, point))
-    k_next, d_next, k = P.shape[0], P.shape[1], Q.shape[1]
-    total = torch.zeros((k_next, k), dtype=torch.float64, device=a.device)
-    if k_next == 0 or k == 0:
-        return total
-    # Small chunks keep the per-sample products in cache, so the elementwise work after the
-    # matrix product costs little (measured: 65 % → ~100 % of the GEMM rate at 8 rows).
-    rows = max(1, CACHE_ELEMENTS // max(1, k_next * max(d_next, k)))
-    # Skipping inactive units gathers each row's share of P and Q, (rows, active, k' + k): only
-    # where the target keeps enough features for that to pay, and in chunks sized by it (with
-    # k' = 10 a chunk of ~200 rows gathered 200-450 MB and ran 6x slower than dense).
-    sparse = d_next >= SPARSE_MIN_WIDTH and k_next >= SPARSE_MIN_TARGETS
-    if sparse:
-        rows = max(1, min(rows, CACHE_ELEMENTS // (d_next * (k_next + k))))
-    if products != torch.float64:
-        P, Q, slope = P.to(products), Q.to(products), slope.to(products)
-    for s, fc in zip(slope.split(rows), f.split(rows)):
-        gamma = _gamma_chunk(P, Q, s, sparse)
-        if ties is not None:  # (k', 1, b, 1, k) against (b, 1, k)
-            ties.add(
-                section.key,
-                gamma.permute(1, 0, 2)[:, None, :, None, :],
-                fc[:, None, :],
-            )
-        gamma.square_()
-        gamma *= fc.square().to(products)[:, None, :]
-        total += gamma.sum(0)
-        if squares is not None:
-            squares += gamma.square().sum(0)
-    return total
-
-
-def _gamma_chunk(P: torch.Tensor, Q: torch.Tensor, s: torch.Tensor, sparse: bool) -> torch.Tensor:
-    """``Γ(x) = P diag(s(x)) Q`` (b, k', k) for a chunk of rows, ``s`` (b, d'). Where most
-    slopes are exactly 0 (inactive ReLUs), only the active units of each row enter its product
-    (gathered, padded with zero slopes to the chunk's most active row): exact, and about
-    ``d' / active`` times fewer operations."""
-    b, (k_next, d_next) = s.shape[0], P.shape
-    if sparse:
-        active = s != 0
-        width = int(active.sum(1).max())
-        if width <= SPARSE_MAX_SHARE * d_next:
-            idx = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :width]
-            scaled = P.T[idx] * torch.gather(s, 1, idx)[..., None]  # (b, a, k')
-            return torch.bmm(scaled.transpose(1, 2), Q[idx])
-    return ((P[None] * s[:, None, :]).reshape(-1, d_next) @ Q).reshape(b, k_next, -1)
 
 
 def _junction_edges(
@@ -397,8 +293,13 @@ def compute_edges(
     sums: dict[tuple[str, str], torch.Tensor] = {}
     squares: dict[tuple[str, str], torch.Tensor] = {}
     rows: dict[tuple[str, str], int] = {}
+    pairs: dict[tuple[str, str], PairSums | None] = {}
     seen = 0
     products = torch.float64 if precision == "float64" else torch.float32
+    # the sources, and at α = 1 the targets too (their slopes are read off them)
+    names = list(dict.fromkeys([s.source for s in shared] + [s.target for s in shared]))
+    if n_alpha != 1:
+        names = list(dict.fromkeys(s.source for s in shared))
     if shared:
         with torch.no_grad(), _tf32(precision == "tf32" and sess.device.type == "cuda"):
             for index, x in enumerate(sess.batches("edges (elementwise)")):
@@ -406,19 +307,32 @@ def compute_edges(
                     x, seen = x[subsample.keep(seen, x.shape[0], x.device)], seen + x.shape[0]
                     if x.shape[0] == 0:
                         continue
-                    acts = sess.tracer.run(x, record=[s.source for s in shared])
+                    acts = sess.tracer.run(x, record=names)
                 else:  # the first pass's records where the session keeps them (cache_mb)
-                    acts = sess.run(index, x, [s.source for s in shared])
+                    acts = sess.run(index, x, names)
                 for s in shared:
                     a, src, dst = acts[s.source], tensors[s.source], tensors[s.target]
+                    slope, f = elementwise_slopes(s, a, src, alphas, weights, acts.get(s.target))
+                    rows[s.key] = rows.get(s.key, 0) + a.shape[0]
+                    if s.key not in pairs:  # the form is chosen on the first chunk
+                        allowed = ties is None and subsample is None
+                        n = bases[s.source].n_samples
+                        pairs[s.key] = pair_form(slope, dst.k, src.k, n, products, allowed)
+                    acc = pairs[s.key]
+                    if acc is not None:
+                        acc.add(slope, f)
+                        continue
                     sq = None
                     if subsample is not None:
                         sq = squares.setdefault(s.key, src.C.new_zeros((dst.C.shape[1], src.k)))
-                    part = elementwise_edges(
-                        s, a, src, dst, alphas, weights, ties, products, squares=sq
-                    )
+                    part = row_edges(s, slope, f, src, dst, ties, products, squares=sq)
                     sums[s.key] = sums[s.key] + part if s.key in sums else part
-                    rows[s.key] = rows.get(s.key, 0) + a.shape[0]
+        for s in shared:  # contracted here, so that processes reduce sums of E alike
+            acc = pairs.get(s.key)
+            if acc is not None:
+                assert s.linear is not None
+                Q = s.linear.weight.to(torch.float64) @ tensors[s.source].C_pinv.T
+                sums[s.key] = acc.edges(tensors[s.target].C.T, Q)
     gen = None
     if n_sources is not None:
         gen = torch.Generator(device=sess.device)

@@ -40,6 +40,32 @@ __all__ = [
 ]
 
 
+#: Widths from which :func:`add_gram` sums ``cᵀc`` by block rows of its upper triangle, and
+#: the width of a block (measured on one thread, 256 × 784: 6.7 ms in one product, 5.2 ms in
+#: six block rows with the lower triangle copied; 7.6 ms for ``+= cᵀ @ c``).
+GRAM_BLOCK = 128
+
+
+def gram_blocks(d: int) -> list[int]:
+    """The edges of the block rows :func:`add_gram` splits a ``d``-wide Gram into (``[0, d]``:
+    one block, below ``2·GRAM_BLOCK``)."""
+    n_blocks = max(1, d // GRAM_BLOCK)
+    return [round(i * d / n_blocks) for i in range(n_blocks + 1)]
+
+
+def add_gram(out: torch.Tensor, c: torch.Tensor) -> None:
+    """``out += cᵀ c`` (d, d) for ``c`` (B, d): on wide layers only the upper triangle's block
+    rows are multiplied (about half the FLOPs) and the lower triangle is copied from them."""
+    edges = gram_blocks(c.shape[1])
+    if len(edges) == 2:
+        out += c.T @ c
+        return
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        out[lo:hi, lo:].addmm_(c[:, lo:hi].T, c[:, lo:])
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        out[hi:, lo:hi] = out[lo:hi, hi:].T
+
+
 @dataclass
 class Moments:
     """Streaming float64 sums for one node layer, shifted by the first sample for accuracy."""
@@ -62,7 +88,7 @@ class Moments:
     def add(self, a: torch.Tensor) -> None:
         c = a.to(torch.float64) - self.shift
         self.total += c.sum(0)
-        self.outer += c.T @ c
+        add_gram(self.outer, c)
         self.n += a.shape[0]
 
     @property
@@ -108,8 +134,6 @@ class Statistics:
 
 
 def _check_finite(name: str, a: torch.Tensor, batch: int) -> None:
-    if bool(torch.isfinite(a.sum())):  # one reduction; the exact count only when it fails
-        return
     bad = int((~torch.isfinite(a)).sum())
     if bad:
         raise ModgraphValueError(
@@ -134,18 +158,22 @@ def add_layer_moments(
     for name in plan.names:
         a = acts[name]
         _check_width(name, a, plan.dims[name], batch)
-        _check_finite(name, a, batch)
         if name not in moments:
+            _check_finite(name, a, batch)  # the shift must be finite
             moments[name] = Moments.start(a)
         m = moments[name]
         m.add(a)
-        if not bool(torch.isfinite(m.outer).all()):
-            top = float(a.detach().abs().max())
-            raise ModgraphValueError(
-                f"node layer {name!r} has activations up to {top:.3g} in batch {batch}; the "
-                "float64 sums of their squares overflow (above about 1e154). Rescale the inputs "
-                "(or the model) to a moderate range."
-            )
+        # A NaN/Inf activation makes the sums non-finite, and so does an overflow of a square;
+        # the diagonal bounds every entry of the Gram (Cauchy–Schwarz), so d values tell.
+        if bool(torch.isfinite(m.total).all() & torch.isfinite(m.outer.diagonal()).all()):
+            continue
+        _check_finite(name, a, batch)
+        top = float(a.detach().abs().max())
+        raise ModgraphValueError(
+            f"node layer {name!r} has activations up to {top:.3g} in batch {batch}; the "
+            "float64 sums of their squares overflow (above about 1e154). Rescale the inputs "
+            "(or the model) to a moderate range."
+        )
 
 
 def start_moments(sess: Session) -> dict[str, Moments]:

@@ -115,6 +115,17 @@ def test_non_finite_inputs_name_the_layer(stage, bad):
         stage(small(), x)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_inputs_in_a_later_batch_name_it(stage, bad):
+    """Later batches are checked through the finiteness of the running sums."""
+    x = X.clone()
+    x[40, 1] = bad
+    with pytest.raises(
+        ValueError, match=r"node layer '0' has 1 NaN/Inf activation values in batch 2"
+    ):
+        stage(small(), x, batch_size=16)
+
+
 def test_non_finite_activations_name_the_layer(stage):
     model = small()
     with torch.no_grad():

@@ -23,7 +23,7 @@ import modgraph
 from bench import jobs, models, positions, run
 from bench.baseline import mlp_sections, run_baseline
 from bench.pipeline import run_pipeline
-from modgraph import kernels
+from modgraph import elementwise, kernels
 from modgraph.toy import mlp
 
 TINY_RATE = run.SIZES["tiny"]["rate"]
@@ -79,6 +79,10 @@ def _layer_input(seq: torch.nn.Sequential, x: torch.Tensor, layer: str) -> torch
     return x
 
 
+#: In-place products the library uses, counted by the formula of their out-of-place twin.
+IN_PLACE = {torch.ops.aten.addmm_: torch.ops.aten.addmm}
+
+
 class MatmulFlops(TorchDispatchMode):
     """Counts FLOPs with torch's own formulas (``torch.utils.flop_counter``: mm, bmm, addmm,
     ...), forward and backward. ``FlopCounterMode`` itself cannot be used: its module tracker
@@ -91,7 +95,8 @@ class MatmulFlops(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
+        packet = func._overloadpacket
+        formula = flop_registry.get(IN_PLACE.get(packet, packet))
         if formula is not None:
             self.total += formula(*args, **kwargs, out_val=out)
         return out
@@ -151,8 +156,16 @@ def test_stage_flops_eigh_and_elementwise_by_hand() -> None:
     parts = models.stage_flops(dims, ks, ranks, ["elementwise", "junction"], 10, batch_size=4)
     eigh = models.eigh_flops
     assert parts["basis"]["eigh"] == eigh(2) + eigh(4) + eigh(4) + eigh(3) + eigh(3)
-    # the edge kernel: P ∘ s (N·k'·d'), then Γ², ∘ f², Σ (3·N·k'·k); no data pass at a junction
-    assert parts["edges"]["elementwise"] == 10 * 3 * 3 + 3 * 10 * 3 * 2
+    # the pair form (2·6·2·(10 + 3) = 312 FLOPs < the row form's 2·10·3·3·2 = 360): the slope
+    # products s_u s_v (2·N·p, p = 6 pairs), then P_u P_v and Q_u Q_v T (3·p·(k' + k))
+    assert parts["edges"]["elementwise"] == 2 * 10 * 6 + 3 * 6 * (3 + 2)
+    # the row form: Q scaled by s and f̂ (2·N·d'·k, as d'·k = 6 ≤ k'(d' + k) = 15), then
+    # (Γ ⊙ f̂)², Σ (2·N·k'·k); no data pass at a junction
+    rows = models.stage_flops(dims, ks, ranks, ["elementwise", "junction"], 10, 4, pair_form=False)
+    assert rows["edges"]["elementwise"] == 10 * 2 * 3 * 2 + 2 * 10 * 3 * 2
+    # the Gram of a 300-wide layer: block rows [0, 150) and [150, 300) of the upper triangle
+    assert models.gram_flops(10, 300) == 2 * 10 * (150 * 300 + 150 * 150)
+    assert models.gram_flops(10, 255) == 2 * 10 * 255**2
     assert parts["gram"]["elementwise"] == parts["basis"]["elementwise"] == 0
     assert models.totals(parts) == {s: sum(p.values()) for s, p in parts.items()}
 
@@ -178,13 +191,13 @@ def test_bench_jobs_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert res["autograd"]["kinds"] == ["autograd_folded", "autograd", "junction"]
     # the kernel's "library" row calls the library's edge kernel itself; the experiments agree
     calls = []
-    library_kernel = kernels.elementwise_edges
+    library_kernel = elementwise.elementwise_edges
 
     def counted(*args: object, **kwargs: object) -> torch.Tensor:
         calls.append(args)
         return library_kernel(*args, **kwargs)
 
-    monkeypatch.setattr(kernels, "elementwise_edges", counted)
+    monkeypatch.setattr(elementwise, "elementwise_edges", counted)
     small = {"rows": 40, "width": 8, "input_dim": 12, "batch_size": 16, "rate": TINY_RATE}
     kernel = jobs.execute({"kind": "kernel", **small})
     assert len(calls) == 2 * 3  # warm-up and timed run, 3 batches of 16 rows each
@@ -277,17 +290,19 @@ def test_speed_job_tiny(monkeypatch: pytest.MonkeyPatch) -> None:
         sizes[name] = {**run.SIZES["tiny"][name], "n": sizes[f"{name}_n"]}
     # the kernel's "before" row switches the library's setting back, and restores it after
     seen = []
-    library_kernel = kernels.elementwise_edges
+    library_kernel = kernels.row_edges
 
     def spy(*args: object, **kwargs: object) -> torch.Tensor:
-        seen.append(kernels.SPARSE_MIN_WIDTH)
+        seen.append(elementwise.SPARSE_MIN_WIDTH)
         return library_kernel(*args, **kwargs)
 
-    monkeypatch.setattr(kernels, "elementwise_edges", spy)
+    monkeypatch.setattr(kernels, "row_edges", spy)
     res = jobs.execute({"kind": "speed", "sizes": sizes, "batch_size": 64, "threads": 1,
                         "rate": TINY_RATE})  # fmt: skip
     res = json.loads(json.dumps(res))  # the JSON rows, as bench.run writes them
-    assert {10**9, kernels.SPARSE_MIN_WIDTH} <= set(seen) and kernels.SPARSE_MIN_WIDTH < 10**9
+    assert {10**9, elementwise.SPARSE_MIN_WIDTH} <= set(
+        seen
+    ) and elementwise.SPARSE_MIN_WIDTH < 10**9
     assert kernels._constant_without_positions is not speed._never_constant
     for k in res["kernel"]:
         assert all(r["seconds"] > 0 for r in k["rows"].values())

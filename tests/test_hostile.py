@@ -136,6 +136,11 @@ def test_a_translation_of_the_activations_changes_no_feature(offset):
 def test_huge_activations_are_refused_before_they_overflow():
     with pytest.raises(ModgraphValueError, match="overflow"):
         interaction_basis(mlp([6, 5, 2]), X * 1e160, progress=False)
+    # in a later batch, on a layer wide enough for the Gram's block rows
+    x = torch.randn(48, 300, dtype=f64, generator=torch.Generator().manual_seed(1))
+    x[37, 250] = 1e160
+    with pytest.raises(ModgraphValueError, match=r"up to 1e\+160 in batch 2"):
+        interaction_basis(mlp([300, 5, 2]), x, batch_size=16, progress=False)
 
 
 class InPlaceAfter(nn.Module):

@@ -1,0 +1,153 @@
+"""The pair form and the row-form branches of the elementwise edge kernel, against float64
+brute force (``(P diag(s) Q ⊙ f)²`` summed row by row in the test) and end to end against the
+``jacrev`` reference."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from modgraph import elementwise, interaction_basis, interaction_graph, kernels, pairs
+from modgraph.plan import Section
+from tests.reference import brute_edges
+from tests.zoo import cases
+
+CASES = [c for c in cases(n=200) if c.name in ("relu", "gelu")]
+
+
+def _problem(k_next: int, d_next: int, k: int, n: int, binary: bool, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    P = torch.randn(k_next, d_next, generator=g, dtype=torch.float64)
+    Q = torch.randn(d_next, k, generator=g, dtype=torch.float64)
+    s = torch.randn(n, d_next, generator=g, dtype=torch.float64)
+    s = (s > 0).to(torch.float64) if binary else s
+    f = torch.randn(n, k, generator=g, dtype=torch.float64)
+    return P, Q, s, f
+
+
+def _brute(P, Q, s, f) -> torch.Tensor:
+    """Row by row: Σ_x ((P diag(s_x) Q) ⊙ f_x)²."""
+    total = torch.zeros(P.shape[0], Q.shape[1], dtype=torch.float64)
+    for sx, fx in zip(s, f):
+        total += ((P * sx) @ Q * fx).square()
+    return total
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_pair_sums_match_brute_force(monkeypatch, binary):
+    """Several blocks of rows and of pairs (the block sizes forced small), exact to 1e-12."""
+    monkeypatch.setattr(pairs, "BLOCK_ROWS", 7)
+    monkeypatch.setattr(pairs, "BLOCK_ELEMENTS", 50)
+    P, Q, s, f = _problem(9, 12, 5, 40, binary)
+    acc = pairs.PairSums(12, 5, torch.device("cpu"))
+    acc.add(s[:25], f[:25])
+    acc.add(s[25:], f[25:])
+    ref = _brute(P, Q, s, f)
+    assert (acc.edges(P, Q) - ref).abs().max() <= 1e-12 * ref.max()
+
+
+def test_pair_sums_in_float32_keep_float64_sums():
+    P, Q, s, f = _problem(20, 30, 10, 300, binary=True)
+    acc = pairs.PairSums(30, 10, torch.device("cpu"), torch.float32)
+    acc.add(s, f)
+    assert acc.sums.dtype == torch.float64
+    ref = _brute(P, Q, s, f)
+    err = float((acc.edges(P, Q) - ref).abs().max() / ref.max())
+    assert 0 < err < 1e-5
+
+
+def test_pair_form_pays_where_its_flops_are_fewer():
+    # the MNIST MLP's first section (k' = 91, d' = 100, k = 94): 0.56 of the row form's FLOPs
+    assert pairs.pair_form_pays(10_000, 91, 100, 94)
+    # a target that keeps 10 features: 5x the row form's FLOPs
+    assert not pairs.pair_form_pays(10_000, 10, 100, 91)
+    # few rows: the contraction (k'·k·d'(d'+1)) is not paid back
+    assert not pairs.pair_form_pays(50, 91, 100, 94)
+    # the row form skips half the units: equal FLOPs are not enough
+    assert not pairs.pair_form_pays(10_000, 512, 512, 64, share=0.5)
+    # sums over the budget: 512 · 512·513/2 > PAIR_MAX_ELEMENTS
+    assert not pairs.pair_form_pays(10**6, 512, 512, 512)
+
+
+def _section(k_next: int, d_next: int, k: int, binary: bool, seed: int):
+    """A section and duck-typed layer tensors with ``P = C'ᵀ``, ``Q = W C⁺ᵀ``."""
+    P, Q, s, f = _problem(k_next, d_next, k, 37, binary, seed)
+    linear = nn.Linear(k, d_next, bias=False).double()
+    with torch.no_grad():
+        linear.weight.copy_(Q)  # with C⁺ = I (k = d), Q = W
+    section = Section("a", "b", linear=linear, activation=nn.ReLU())
+    src = SimpleNamespace(C_pinv=torch.eye(k, dtype=torch.float64))
+    dst = SimpleNamespace(C=P.T.contiguous())
+    return section, src, dst, P, Q, s, f
+
+
+@pytest.mark.parametrize(
+    "shape", [(9, 12, 5), (3, 12, 11), (15, 12, 13)], ids=["right", "left", "sparse"]
+)
+@pytest.mark.parametrize("binary", [True, False])
+def test_row_form_branches_match_brute_force(monkeypatch, shape, binary):
+    """Q scaled (d'·k ≤ k'(d' + k)), P scaled (k' = 3), and each row's active units only."""
+    k_next, d_next, k = shape
+    if shape == (15, 12, 13):
+        monkeypatch.setattr(elementwise, "SPARSE_MIN_WIDTH", 1)
+        monkeypatch.setattr(elementwise, "SPARSE_MIN_TARGETS", 1)
+        monkeypatch.setattr(elementwise, "SPARSE_MAX_SHARE", 1.0)
+    monkeypatch.setattr(elementwise, "CACHE_ELEMENTS", 600)  # several chunks
+    section, src, dst, P, Q, s, f = _section(k_next, d_next, k, binary, seed=k_next)
+    squares = torch.zeros(k_next, k, dtype=torch.float64)
+    total = elementwise.row_edges(section, s, f, src, dst, squares=squares)  # type: ignore[arg-type]
+    ref = _brute(P, Q, s, f)
+    assert (total - ref).abs().max() <= 1e-12 * ref.max()
+    ref_squares = sum(((P * sx) @ Q * fx) ** 4 for sx, fx in zip(s, f))
+    assert (squares - ref_squares).abs().max() <= 1e-12 * ref_squares.max()
+
+
+@pytest.mark.parametrize("n_alpha", [1, 2])
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_pair_form_end_to_end_matches_brute_force_and_the_row_form(monkeypatch, case, n_alpha):
+    """Forced on every elementwise section, the pair form gives the ``jacrev`` reference and
+    the row form's edges (forced off) to 1e-12."""
+    bases = interaction_basis(case.model, case.x, progress=False)
+    monkeypatch.setattr(pairs, "PAIR_MAX_ELEMENTS", 0)
+    rows = interaction_graph(case.model, case.x, bases, n_alpha=n_alpha, progress=False).edges
+    used = []
+
+    def always(*args: object, **kwargs: object) -> bool:
+        used.append(args)
+        return True
+
+    monkeypatch.setattr(elementwise, "pair_form_pays", always)
+    paired = interaction_graph(case.model, case.x, bases, n_alpha=n_alpha, progress=False)
+    assert used, "no section took the pair form"
+    ref_bases = [{"mean": b.mean, "C": b.C} for b in bases.values()]
+    ref = brute_edges(case.x, case.sections, ref_bases, n_alpha=n_alpha)
+    for (key, E), R in zip(paired.edges.items(), ref):
+        np.testing.assert_allclose(E, R, rtol=1e-8, atol=1e-8 * R.max(), err_msg=str(key))
+        assert np.abs(E - rows[key]).max() <= 1e-12 * rows[key].max(), key
+
+
+def test_pair_form_is_chosen_on_the_mnist_mlp_first_section(monkeypatch):
+    """The library's own choice on a model no one here shaped: the 784-100-100-10 MLP's first
+    section (target keeps most of its 100 units) takes the pair form, the second (10 kept
+    features) the row form."""
+    from modgraph.toy import digits_as_mnist, load_mnist_mlp
+
+    model = load_mnist_mlp()
+    x, _ = digits_as_mnist()
+    bases = interaction_basis(model, x, progress=False)
+    chosen = []
+    library = kernels.pair_form
+
+    def spy(slope, k_next, *args, **kwargs):
+        out = library(slope, k_next, *args, **kwargs)
+        chosen.append((slope.shape[1], k_next, out is not None))
+        return out
+
+    monkeypatch.setattr(kernels, "pair_form", spy)
+    interaction_graph(model, x, bases, progress=False)
+    assert (100, 10, False) in chosen
+    assert any(d == 100 and k > 50 and paired for d, k, paired in chosen), chosen
