@@ -137,15 +137,16 @@ def stage_flops(
     kinds: Sequence[str],
     n: int,
     batch_size: int = 256,
-    pair_form: bool = True,
+    as_filed: bool = False,
 ) -> Parts:
     """FLOPs of modgraph's numeric stages, per stage and part (:data:`PARTS`).
 
     ``dims[l]``, ``ks[l]``, ``ranks[l]``: width, kept features and covariance rank of node layer
     ``l`` (``l = 0..L``, the output last); ``kinds[l]``: the kind of section ``l → l+1`` (see
-    :func:`section_kinds`). Each term names the code that performs it. ``pair_form=False``
-    counts every elementwise section in the row form (the work of the kernel before the pair
-    form: the floor as issue 16 measured it).
+    :func:`section_kinds`). Each term names the code that performs it. ``as_filed=True``
+    counts the work of the code issue 16 was filed against (the floor it measured): whole
+    Grams ``cᵀc``, the pre-activations ``W a + b`` computed again for the slopes, and every
+    elementwise section in the row form.
     """
     L = len(kinds)
     fwd = [2.0 * n * dims[l] * dims[l + 1] for l in range(L)]  # forward of each section
@@ -154,7 +155,8 @@ def stage_flops(
     # capture.session: the plan's probe forward (first rows of the first batch); then
     # moments.accumulate_statistics: one forward, cᵀc per node layer, σ'ᵀσ' per elementwise
     probe = min(16, batch_size, n) / n
-    gram["matmul"] = sum(fwd) * (1 + probe) + sum(gram_flops(n, d) for d in dims)
+    grams = [2.0 * n * d * d if as_filed else gram_flops(n, d) for d in dims]
+    gram["matmul"] = sum(fwd) * (1 + probe) + sum(grams)
     gram["matmul"] += sum(2.0 * n * dims[l + 1] ** 2 for l in range(L) if kinds[l] == "elementwise")
     basis["eigh"] = eigh_flops(dims[L])  # basis.fit_output: covariance_cut of the output
     if "elementwise" in kinds:  # kernels.compute_edges: one shared forward pass
@@ -189,7 +191,7 @@ def stage_flops(
                 )
         if kind == "junction":  # kernels._junction_edges: Γ = C'ᵀ W C⁺ᵀ, no data pass
             edges["matmul"] += 2.0 * kn * dn * d + 2.0 * kn * d * k
-        elif kind == "elementwise" and pair_form and pair_form_pays(n, kn, dn, k):
+        elif kind == "elementwise" and not as_filed and pair_form_pays(n, kn, dn, k):
             # elementwise.elementwise_slopes: features (2·N·d·k), the slopes read off the
             # target (nn.ReLU); pairs.PairSums: Σ f̂² s_u s_v (2·N·k·p), contracted once
             # (2·k'·p·k) with Q = W C⁺ᵀ (2·d'·d·k); p = d'(d'+1)/2 pairs
@@ -198,12 +200,15 @@ def stage_flops(
             edges["matmul"] += 2.0 * dn * d * k
             edges["elementwise"] += 2.0 * n * p + 3.0 * p * (kn + k)  # s_u s_v; P_u P_v, Q_u Q_v T
         elif kind == "elementwise":  # elementwise.row_edges, every batch (d' < SPARSE_MIN_WIDTH):
-            # features (2·N·d·k), slopes read off the target, Q = W C⁺ᵀ per batch, Γ GEMM
-            edges["matmul"] += 2.0 * n * d * k
+            # features (2·N·d·k), slopes read off the target (as filed: W a + b again,
+            # 2·N·d·d'), Q = W C⁺ᵀ per batch, Γ GEMM
+            edges["matmul"] += 2.0 * n * d * k + (2.0 * n * d * dn if as_filed else 0.0)
             edges["matmul"] += math.ceil(n / batch_size) * 2.0 * dn * d * k
             edges["matmul"] += 2.0 * n * kn * dn * k
-            # Q or P scaled per row (the smaller), then (Γ ⊙ f̂)², Σ
+            # Q or P scaled per row (the smaller), then (Γ ⊙ f̂)², Σ (as filed: P ∘ s; Γ², ∘f², Σ)
             scaled = 2.0 * dn * k if dn * k <= kn * (dn + k) else kn * dn + kn * k
+            if as_filed:
+                scaled = kn * dn + kn * k
             edges["elementwise"] += n * scaled + 2.0 * n * kn * k
         elif k and kn:  # kernels._autograd_edges: forward to l+1, k' VJPs per row
             # (whether its Jacobian is constant was read once, in the basis stage)

@@ -159,10 +159,13 @@ def test_stage_flops_eigh_and_elementwise_by_hand() -> None:
     # the pair form (2·6·2·(10 + 3) = 312 FLOPs < the row form's 2·10·3·3·2 = 360): the slope
     # products s_u s_v (2·N·p, p = 6 pairs), then P_u P_v and Q_u Q_v T (3·p·(k' + k))
     assert parts["edges"]["elementwise"] == 2 * 10 * 6 + 3 * 6 * (3 + 2)
-    # the row form: Q scaled by s and f̂ (2·N·d'·k, as d'·k = 6 ≤ k'(d' + k) = 15), then
-    # (Γ ⊙ f̂)², Σ (2·N·k'·k); no data pass at a junction
-    rows = models.stage_flops(dims, ks, ranks, ["elementwise", "junction"], 10, 4, pair_form=False)
-    assert rows["edges"]["elementwise"] == 10 * 2 * 3 * 2 + 2 * 10 * 3 * 2
+    # as filed, the row form: P ∘ s (N·k'·d'), then Γ², ∘ f², Σ (3·N·k'·k); W a + b again
+    # (2·N·d·d'); no data pass at a junction
+    filed = models.stage_flops(dims, ks, ranks, ["elementwise", "junction"], 10, 4, as_filed=True)
+    assert filed["edges"]["elementwise"] == 10 * 3 * 3 + 3 * 10 * 3 * 2
+    pairs_matmul = 2 * 10 * 2 * 6 + 2 * 3 * 6 * 2 + 2 * 3 * 4 * 2  # Σ f̂² s s, contraction, Q
+    rows_matmul = 2 * 10 * 4 * 3 + 3 * 2 * 3 * 4 * 2 + 2 * 10 * 3 * 3 * 2  # W a + b, Q per batch, Γ
+    assert filed["edges"]["matmul"] - parts["edges"]["matmul"] == rows_matmul - pairs_matmul
     # the Gram of a 300-wide layer: block rows [0, 150) and [150, 300) of the upper triangle
     assert models.gram_flops(10, 300) == 2 * 10 * (150 * 300 + 150 * 150)
     assert models.gram_flops(10, 255) == 2 * 10 * 255**2
