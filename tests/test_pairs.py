@@ -151,3 +151,27 @@ def test_pair_form_is_chosen_on_the_mnist_mlp_first_section(monkeypatch):
     interaction_graph(model, x, bases, progress=False)
     assert (100, 10, False) in chosen
     assert any(d == 100 and k > 50 and paired for d, k, paired in chosen), chosen
+
+
+@pytest.mark.parametrize(
+    "act", [nn.ReLU(), nn.LeakyReLU(0.1), nn.Tanh(), nn.Sigmoid(), nn.GELU()], ids=str
+)
+def test_slopes_read_off_the_target_equal_the_recomputed_ones(act):
+    """At α = 1 the slopes come from the target's recorded activations (where σ allows); they
+    must be those of ``σ'(W a + b)`` by autograd, and the features ``(a − μ) C``."""
+    g = torch.Generator().manual_seed(3)
+    linear = nn.Linear(6, 9).double()
+    section = Section("a", "b", linear=linear, activation=act)
+    a = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    src = SimpleNamespace(
+        mean=torch.randn(6, generator=g, dtype=torch.float64),
+        C=torch.randn(6, 4, generator=g, dtype=torch.float64),
+    )
+    with torch.no_grad():
+        out = act(linear(a))
+    ones = np.ones(1)
+    read, f = elementwise.elementwise_slopes(section, a, src, ones, ones, out)  # type: ignore[arg-type]
+    z = linear(a).detach().requires_grad_(True)
+    (brute,) = torch.autograd.grad(act(z).sum(), z)
+    assert torch.allclose(read, brute, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(f, (a - src.mean) @ src.C, rtol=1e-12, atol=1e-14)
