@@ -164,6 +164,12 @@ def _active_units(s: torch.Tensor, d_next: int) -> torch.Tensor | None:
     return order[:, :width]
 
 
+def _rows(M: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``M[idx]`` (b, a, n) for ``M`` (d, n) and ``idx`` (b, a), by ``index_select`` (whole rows
+    copied: 5× faster than advanced indexing at 512 × 512, one thread)."""
+    return M.index_select(0, idx.reshape(-1)).view(*idx.shape, M.shape[1])
+
+
 def _scaled_gamma_chunk(
     P: torch.Tensor, Q: torch.Tensor, s: torch.Tensor, f: torch.Tensor, sparse: bool
 ) -> torch.Tensor:
@@ -174,10 +180,10 @@ def _scaled_gamma_chunk(
     b, (k_next, d_next), k = s.shape[0], P.shape, Q.shape[1]
     idx = _active_units(s, d_next) if sparse else None
     if idx is not None:  # only the active units of each row enter its product: exact
-        right = Q[idx]  # (b, a, k)
+        right = _rows(Q, idx)  # (b, a, k)
         right *= torch.gather(s, 1, idx)[..., None]
         right *= f[:, None, :]
-        return torch.bmm(P.T[idx].transpose(1, 2), right)
+        return torch.bmm(_rows(P.T, idx).transpose(1, 2), right)
     if d_next * k <= k_next * (d_next + k):
         right = Q[:, None, :] * f[None]  # (d', b, k)
         right *= s.T[:, :, None]
@@ -195,8 +201,8 @@ def _gamma_chunk(P: torch.Tensor, Q: torch.Tensor, s: torch.Tensor, sparse: bool
     b, (k_next, d_next) = s.shape[0], P.shape
     idx = _active_units(s, d_next) if sparse else None
     if idx is not None:
-        scaled = P.T[idx] * torch.gather(s, 1, idx)[..., None]  # (b, a, k')
-        return torch.bmm(scaled.transpose(1, 2), Q[idx])
+        scaled = _rows(P.T, idx) * torch.gather(s, 1, idx)[..., None]  # (b, a, k')
+        return torch.bmm(scaled.transpose(1, 2), _rows(Q, idx))
     return ((P[None] * s[:, None, :]).reshape(-1, d_next) @ Q).reshape(b, k_next, -1)
 
 

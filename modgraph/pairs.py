@@ -68,8 +68,8 @@ class PairSums:
             step = max(1, BLOCK_ELEMENTS // s.shape[0])
             for start in range(0, n_pairs, step):
                 stop = min(start + step, n_pairs)
-                both = columns[self.upper[start:stop]]
-                both *= columns[self.lower[start:stop]]  # (pairs, b): s_u s_v
+                both = columns.index_select(0, self.upper[start:stop])
+                both *= columns.index_select(0, self.lower[start:stop])  # (pairs, b): s_u s_v
                 if self.products == torch.float64:
                     self.sums[:, start:stop].addmm_(weight, both.T)
                 else:
@@ -84,8 +84,8 @@ class PairSums:
         step = max(1, BLOCK_ELEMENTS * 4 // max(1, P.shape[0] + Q.shape[1]))
         for start in range(0, n_pairs, step):
             u, v = self.upper[start : start + step], self.lower[start : start + step]
-            left = P[:, u] * P[:, v]  # (k', pairs)
-            right = Q[u] * Q[v]  # (pairs, k)
+            left = P.index_select(1, u) * P.index_select(1, v)  # (k', pairs)
+            right = Q.index_select(0, u) * Q.index_select(0, v)  # (pairs, k)
             right *= self.sums[:, start : start + step].T
             right *= twice[start : start + step, None]
             total += left @ right
