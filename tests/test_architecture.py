@@ -47,6 +47,7 @@ FLOORS = {
     "_leiden_worker": 1,  # Leiden restarts in worker processes; imports no other room
     "_threads": 1,  # the thread-count warning of a session
     "cache": 1,  # node-layer records kept between passes (cache_mb)
+    "_weights": 1,  # the CLI's --weights: state dicts loaded without unpickling
     "pairs": 1,  # the pair form of the elementwise edge kernel; imports no other room
     "elementwise": 6,  # the elementwise edge kernel (row form, pair choice): jacobian, ties, pairs
     "kernels": 7,  # edge kernels: capture, jacobian, ties; InteractionBasis only as a type

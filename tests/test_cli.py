@@ -19,7 +19,8 @@ import torch
 
 import modgraph
 from modgraph import find_modules
-from modgraph.cli import _build_parser, _load_weights, main
+from modgraph._weights import load_weights as _load_weights
+from modgraph.cli import _build_parser, main
 
 USER_MODULE = textwrap.dedent(
     """
