@@ -200,6 +200,11 @@ def _run(args: argparse.Namespace) -> int:
         variant=args.variant,
         seed=args.seed,
         batch_size=args.batch_size,
+        ties=args.ties,
+        precision=args.precision,
+        edge_samples=args.edge_samples,
+        cache_mb=args.cache_mb,
+        loss_tolerance=args.loss_tolerance,
         progress=not args.quiet,
     )
     print(result.summary())
@@ -238,6 +243,17 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
     return value
+
+
+def _epsilon(text: str) -> float | str:
+    if text == "ablation":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number > 0 or 'ablation', got {text!r}"
+        ) from None
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -311,9 +327,40 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--epsilon",
+        type=_epsilon,
+        default=None,
+        help="interaction tolerance ε > 0, or 'ablation': one ε per layer pair from ablations "
+        "(default: tau × trace of the output covariance)",
+    )
+    run.add_argument(
+        "--loss-tolerance",
         type=float,
         default=None,
-        help="interaction tolerance ε > 0 (default: tau × trace of the output covariance)",
+        help="with --epsilon ablation: the loss allowed, relative to tr Cov(output) (default 0.01)",
+    )
+    run.add_argument(
+        "--ties",
+        choices=["keep", "rotate"],
+        default="keep",
+        help="near-degenerate features kept as fitted (default) or turned to cut fewer edges",
+    )
+    run.add_argument(
+        "--precision",
+        choices=["float64", "float32", "tf32"],
+        default="float64",
+        help="products of the elementwise edge kernel (sums stay float64; default float64)",
+    )
+    run.add_argument(
+        "--edge-samples",
+        type=_positive_int,
+        default=None,
+        help="edges from this many random data points, with standard errors (default: all)",
+    )
+    run.add_argument(
+        "--cache-mb",
+        type=float,
+        default=0.0,
+        help="MB of first-pass activations kept for the edge pass (default 0: none kept)",
     )
     run.add_argument("--tau", type=float, default=1e-4, help="τ of the default ε (default 1e-4)")
     run.add_argument(

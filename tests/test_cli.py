@@ -117,6 +117,48 @@ def test_run_with_n_modules_matches_the_python_api(user, share, capsys):
     assert G.graph["resolution"] == pytest.approx(expected.resolution, rel=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("flags", "keywords"),
+    [
+        (["--precision", "float32", "--edge-samples", "300", "--cache-mb", "8"],
+         {"precision": "float32", "edge_samples": 300, "cache_mb": 8.0}),
+        (["--ties", "rotate"], {"ties": "rotate"}),
+        (["--epsilon", "ablation", "--loss-tolerance", "0.02"],
+         {"epsilon": "ablation", "loss_tolerance": 0.02}),
+    ],
+    ids=["precision-samples-cache", "ties", "epsilon-ablation"],
+)  # fmt: skip
+def test_run_passes_the_analysis_options_on(user, flags, keywords, capsys):
+    """Each option of ``find_modules`` the CLI offers gives the Python API's modules."""
+    name, model, tmp = user
+    torch.save(model.state_dict(), tmp / "w.pt")
+    rc = main(
+        ["run", "--model", f"{name}:make", "--weights", "w.pt", "--data", f"{name}:data",
+         "--out", "out", "--quiet", *flags]
+    )  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    x = torch.randn(400, 6, generator=torch.Generator().manual_seed(0))
+    expected = find_modules(model, x, seed=0, progress=False, **keywords)
+    G = nx.read_graphml(tmp / "out" / "modules.graphml")
+    assert {n: d["module"] for n, d in G.nodes(data=True)} == expected.module_of
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--epsilon", "big", "must be a number > 0 or 'ablation', got 'big'"),
+        ("--ties", "twist", "invalid choice: 'twist'"),
+        ("--precision", "float16", "invalid choice: 'float16'"),
+        ("--edge-samples", "0", "must be an integer >= 1, got '0'"),
+    ],
+)
+def test_bad_analysis_options_end_in_one_clear_line(flag, value, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--model", "m:f", "--data", "m:g", "--out", "o", flag, value])
+    assert exc.value.code == 2
+    assert f"argument {flag}: {message}" in capsys.readouterr().err
+
+
 def test_mismatched_weights_list_the_expected_keys(user, capsys):
     name, _, tmp = user
     torch.save({"0.weight": torch.zeros(10, 6), "extra": torch.zeros(1)}, tmp / "w.pt")
