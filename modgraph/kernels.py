@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from .capture import Session
 from .elementwise import LayerTensors, elementwise_slopes, pair_form, row_edges
@@ -39,13 +41,17 @@ from .jacobian import (
     sign_vectors,
 )
 from .pairs import PairSums
-from .plan import Section
+from .plan import CONVOLUTIONS, Section
 from .ties import TieSums
 
 if TYPE_CHECKING:
     from .basis import InteractionBasis
 
 __all__ = ["Subsample", "compute_edges", "quadrature"]
+
+
+#: Elements of the per-row convolution outputs of a junction built at once (64 MB).
+CHUNK_ELEMENTS = 2**23
 
 
 def quadrature(n_alpha: int) -> tuple[np.ndarray, np.ndarray]:
@@ -124,6 +130,61 @@ def _constant_without_positions(sess: Session, section: Section) -> bool:
     if layouts[section.source].n_positions != 1 or layouts[section.target].n_positions != 1:
         return False
     return section.constant or constant_jacobian(sess, section)
+
+
+def _conv_junction(sess: Session, section: Section) -> nn.Module | None:
+    """The convolution of a junction ``target = conv(source)`` with positions whose edges one
+    forward pass gives (:func:`_conv_junction_edges`): a plain convolution with zero padding,
+    its input and output channels first, every position analysed; else None."""
+    conv = sess.plan.modules.get(section.source)
+    if not (section.constant and section.linear is None and type(conv) in CONVOLUTIONS):
+        return None
+    assert isinstance(conv, nn.modules.conv._ConvNd)
+    src, dst = sess.plan.layouts[section.source], sess.plan.layouts[section.target]
+    if conv.padding_mode != "zeros" or src.select is not None or dst.select is not None:
+        return None
+    if not (src.channels_first and dst.channels_first):
+        return None
+    return conv
+
+
+def _conv_junction_edges(
+    sess: Session, section: Section, conv: nn.Module, src: LayerTensors, dst: LayerTensors
+) -> torch.Tensor:
+    """A convolution junction with positions: ``Γ_{t,s} = C'ᵀ K_{t−s} C⁺ᵀ`` does not depend on
+    the data, so ``Σ_s Γ_{t,s}[i, j] f̂_j(x)[s]`` is feature map ``j`` convolved with the kernel
+    ``G[i, j] = Σ_{c',c} C'_{c'i} K_{c'c} C⁺_{jc}`` (the convolution's own stride, padding and
+    dilation): one grouped convolution of ``f̂`` per chunk of rows, its squares averaged over the
+    output positions. No vector–Jacobian products; the forward pass records the source only
+    (or reads the first pass's records, with ``cache_mb``)."""
+    assert isinstance(conv, nn.modules.conv._ConvNd)
+    weight = conv.weight.detach().to(torch.float64)  # (d', d / groups, *kernel)
+    d_next, d = weight.shape[0], weight.shape[1] * conv.groups
+    full = weight.new_zeros((d_next, d, *weight.shape[2:]))
+    step_out, step_in = d_next // conv.groups, weight.shape[1]
+    for g in range(conv.groups):  # the block-diagonal kernel of a grouped convolution
+        rows, cols = slice(g * step_out, (g + 1) * step_out), slice(g * step_in, (g + 1) * step_in)
+        full[rows, cols] = weight[rows]
+    k_next, k = dst.k, src.k
+    kernel = torch.einsum("ci,cd...,jd->ji...", dst.C, full, src.C_pinv)  # (k, k', *kernel)
+    kernel = kernel.reshape(k * k_next, 1, *weight.shape[2:])
+    convolve = getattr(F, f"conv{weight.dim() - 2}d")
+    layout = sess.plan.layouts[section.source]
+    P, P_next = layout.n_positions, sess.plan.layouts[section.target].n_positions
+    total = torch.zeros((k, k_next), dtype=torch.float64, device=sess.device)
+    count = 0
+    rows = max(1, CHUNK_ELEMENTS // max(1, k * k_next * P_next))
+    for index, x in enumerate(sess.batches(f"edges {section.source}")):
+        a = sess.run(index, x, [section.source])[section.source]  # (B·P, d)
+        f = (a.to(torch.float64) - src.mean) @ src.C  # (B·P, k)
+        f = f.reshape(-1, P, k).movedim(1, 2).reshape(-1, k, *layout.positions)
+        for part in f.split(rows):
+            out = convolve(part, kernel, None, conv.stride, conv.padding, conv.dilation, k)
+            total += out.reshape(part.shape[0], k, k_next, -1).square().sum((0, 3))
+        count += f.shape[0] * P_next
+    total = sess.reduce(total)
+    count = int(sess.reduce(torch.tensor(float(count), dtype=torch.float64, device=sess.device)))
+    return total.T / max(count, 1)
 
 
 def _edge_cotangents(
@@ -359,6 +420,11 @@ def compute_edges(
         elif src.k and dst.k and _constant_without_positions(sess, s):
             E = _constant_edges(sess, s, src, dst, ties)
             err = torch.zeros_like(E) if subsample is not None else None
+        elif (
+            src.k and dst.k and ties is None and subsample is None
+            and (conv := _conv_junction(sess, s)) is not None
+        ):  # fmt: skip
+            E = _conv_junction_edges(sess, s, conv, src, dst)
         else:
             E, err = _autograd_edges(
                 sess, s, src, dst, alphas, weights, n_sources, gen, ties, subsample

@@ -376,3 +376,68 @@ def test_a_linear_before_a_residual_add_needs_no_pass():
         # section then needs no pass (4 batches)
         saved = slow_data.batches - fast_data.batches
         assert saved == (0 if relu_after else 4), (relu_after, saved)
+
+
+@pytest.mark.parametrize(
+    "conv_kwargs",
+    [
+        {"padding": 1},
+        {"padding": 2, "stride": 2, "dilation": 2},
+        {"padding": 0},
+        {"padding": 1, "groups": 2},
+    ],
+    ids=["zeros", "strided-dilated", "valid", "groups"],
+)
+def test_convolution_junction_edges_by_one_forward_pass(monkeypatch, conv_kwargs):
+    """conv → conv with positions: E by one grouped convolution of the features per chunk (no
+    vector–Jacobian products), equal to a float64 ``jacrev`` brute force in the test and to the
+    autograd path (a Conv2d subclass) to 1e-12."""
+    from torch.func import jacrev
+
+    from modgraph import interaction_graph, kernels
+
+    def net(conv: type[nn.Conv2d]) -> nn.Module:
+        torch.manual_seed(7)
+        return nn.Sequential(
+            conv(2, 4, 3, dtype=F64, **conv_kwargs),  # node layer "0" → "1": a junction
+            nn.Conv2d(4, 3, 1, dtype=F64),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.LazyLinear(2, dtype=F64),
+        )
+
+    x = torch.randn(120, 2, 6, 6, dtype=F64, generator=torch.Generator().manual_seed(4))
+    fast_net, slow_net = net(nn.Conv2d), net(_Conv2d)
+    with torch.no_grad():
+        fast_net(x[:1]), slow_net(x[:1])  # materialise the lazy Linear
+        slow_net.load_state_dict(fast_net.state_dict())
+    layers = ["0", "1", "4"]
+    bases = interaction_basis(fast_net, x, layers=layers, progress=False)
+    autograd = []
+    library = kernels._autograd_edges
+
+    def spy(sess, section, *args, **kwargs):
+        autograd.append(section.key)
+        return library(sess, section, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "_autograd_edges", spy)
+    fast = interaction_graph(fast_net, x, bases, layers=layers, progress=False).edges
+    assert ("0", "1") not in autograd
+    slow = interaction_graph(slow_net, x, bases, layers=layers, progress=False).edges
+    assert ("0", "1") in autograd
+    E, E_slow = fast[("0", "1")], slow[("0", "1")]
+    assert np.abs(E - E_slow).max() <= 1e-12 * E_slow.max()
+
+    # brute force: Γ_{t,s} = C'ᵀ J_{t,s} C⁺ᵀ from jacrev, E = mean_{x,t} (Σ_s Γ_{t,s} f̂[s])²
+    conv = fast_net[0]
+    b0, b1 = bases["0"], bases["1"]
+    with torch.no_grad():
+        J = jacrev(lambda a: conv(a[None])[0])(x[0])  # (d', H', W', d, H, W)
+    d_next, P_next = J.shape[0], J.shape[1] * J.shape[2]
+    J = J.reshape(d_next, P_next, J.shape[3], -1).permute(1, 3, 0, 2)  # (t, s, d', d)
+    C_next, C, C_pinv = (torch.tensor(v) for v in (b1.C, b0.C, b0.C_pinv))
+    gamma = torch.einsum("ci,tscd,jd->tsij", C_next, J, C_pinv)  # (P', P, k', k)
+    a = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, 2)  # (N, P, d) rows, positions row-major
+    f = (a - torch.tensor(b0.mean)) @ C  # (N, P, k)
+    ref = torch.einsum("tsij,nsj->ntij", gamma, f).square().mean((0, 1)).numpy()
+    np.testing.assert_allclose(E, ref, rtol=1e-10, atol=1e-12 * ref.max())
