@@ -243,6 +243,16 @@ class _Conv2d(nn.Conv2d):
         return super().forward(x)
 
 
+def _twins(net, x: torch.Tensor) -> tuple[nn.Module, nn.Module]:
+    """``net(nn.Conv2d)`` and ``net(_Conv2d)`` (the autograd path) with the same weights, their
+    lazy Linear materialised on ``x[:1]``."""
+    fast_net, slow_net = net(nn.Conv2d), net(_Conv2d)
+    with torch.no_grad():
+        fast_net(x[:1]), slow_net(x[:1])
+        slow_net.load_state_dict(fast_net.state_dict())
+    return fast_net, slow_net
+
+
 def _junction_net(conv: type[nn.Conv2d]) -> nn.Module:
     torch.manual_seed(3)
     net = nn.Sequential(
@@ -310,10 +320,7 @@ def test_the_convolution_coactivation_shortcut_equals_autograd(conv_kwargs):
         )
 
     x = torch.randn(150, 2, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    fast_net, slow_net = net(nn.Conv2d), net(_Conv2d)
-    with torch.no_grad():
-        fast_net(x[:1]), slow_net(x[:1])  # materialise the lazy Linear
-        slow_net.load_state_dict(fast_net.state_dict())
+    fast_net, slow_net = _twins(net, x)
     layers = ["0", "2", "5"]
     fast = interaction_basis(fast_net, x, layers=layers, progress=False)
     slow = interaction_basis(slow_net, x, layers=layers, progress=False)
@@ -407,10 +414,7 @@ def test_convolution_junction_edges_by_one_forward_pass(monkeypatch, conv_kwargs
         )
 
     x = torch.randn(120, 2, 6, 6, dtype=F64, generator=torch.Generator().manual_seed(4))
-    fast_net, slow_net = net(nn.Conv2d), net(_Conv2d)
-    with torch.no_grad():
-        fast_net(x[:1]), slow_net(x[:1])  # materialise the lazy Linear
-        slow_net.load_state_dict(fast_net.state_dict())
+    fast_net, slow_net = _twins(net, x)
     layers = ["0", "1", "4"]
     bases = interaction_basis(fast_net, x, layers=layers, progress=False)
     autograd = []
