@@ -69,7 +69,9 @@ def _dense_scaled_gamma(
 ) -> torch.Tensor:
     """The row kernel before issue 16: ``P`` scaled by each row's slopes, one dense product,
     then the columns scaled by the features."""
-    return elementwise._gamma_chunk(P, Q, s, False) * f[:, None, :]
+    b, (k_next, d_next) = s.shape[0], P.shape
+    gamma = ((P[None] * s[:, None, :]).reshape(-1, d_next) @ Q).reshape(b, k_next, -1)
+    return gamma * f[:, None, :]
 
 
 #: Part → the module and private settings of its ``before`` row.

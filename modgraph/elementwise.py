@@ -120,9 +120,7 @@ def row_edges(
     chunk's sum over at most :data:`CACHE_ELEMENTS` / (k'·d') rows too); the sum over chunks
     stays float64. With ``squares`` (k', k), the sum over rows of each row's value squared
     is added to it (for the standard error of a subsample)."""
-    assert section.linear is not None
-    P = dst.C.T  # (k', d')
-    Q = section.linear.weight.to(torch.float64) @ src.C_pinv.T  # (d', k)
+    P, Q = factors(section, src, dst)
     k_next, d_next, k = P.shape[0], P.shape[1], Q.shape[1]
     total = torch.zeros((k_next, k), dtype=torch.float64, device=slope.device)
     if k_next == 0 or k == 0:
@@ -133,7 +131,7 @@ def row_edges(
     # Skipping inactive units gathers each row's share of P and Q, (rows, active, k' + k): only
     # where the target keeps enough features for that to pay, and in chunks sized by it (with
     # k' = 10 a chunk of ~200 rows gathered 200-450 MB and ran 6x slower than dense).
-    sparse = d_next >= SPARSE_MIN_WIDTH and k_next >= SPARSE_MIN_TARGETS
+    sparse = _skips_inactive(d_next, k_next)
     if sparse:
         rows = max(1, min(rows, CACHE_ELEMENTS // (d_next * (k_next + k))))
     if products != torch.float64:
@@ -142,7 +140,7 @@ def row_edges(
         if ties is None:  # (Γ ⊙ f̂) directly: the features scale the columns of Q
             scaled = _scaled_gamma_chunk(P, Q, s, fc, sparse)
         else:  # the tie moments need Γ itself: (k', 1, b, 1, k) against (b, 1, k)
-            scaled = _gamma_chunk(P, Q, s, sparse)
+            scaled = _scaled_gamma_chunk(P, Q, s, torch.ones_like(fc), sparse)
             ties.add(section.key, scaled.permute(1, 0, 2)[:, None, :, None, :], fc[:, None, :])
             scaled *= fc[:, None, :]
         scaled.square_()
@@ -152,14 +150,37 @@ def row_edges(
     return total
 
 
+def factors(
+    section: Section, src: LayerTensors, dst: LayerTensors
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``P = C_{l+1}ᵀ`` (k', d') and ``Q = W C_l⁺ᵀ`` (d', k), so that ``Γ(x) = P diag(s(x)) Q``."""
+    assert section.linear is not None
+    return dst.C.T, section.linear.weight.to(torch.float64) @ src.C_pinv.T
+
+
+def _skips_inactive(d_next: int, k_next: int) -> bool:
+    """Whether the row form skips each row's inactive units: wide layers whose target keeps
+    enough features (:data:`SPARSE_MIN_WIDTH`, :data:`SPARSE_MIN_TARGETS`)."""
+    return d_next >= SPARSE_MIN_WIDTH and k_next >= SPARSE_MIN_TARGETS
+
+
+def _active_share(s: torch.Tensor, d_next: int) -> tuple[torch.Tensor, int] | None:
+    """Which slopes of each row are nonzero (b, d') and the chunk's most active row's count,
+    or ``None`` where that is over :data:`SPARSE_MAX_SHARE` of the units (the dense product
+    is then cheaper)."""
+    active = s != 0
+    width = int(active.sum(1).max()) if s.numel() else 0
+    return None if width > SPARSE_MAX_SHARE * d_next else (active, width)
+
+
 def _active_units(s: torch.Tensor, d_next: int) -> torch.Tensor | None:
     """The indices of each row's active units (slope ≠ 0) first, (b, width), padded with
     inactive ones to the chunk's most active row; ``None`` where that is over
     :data:`SPARSE_MAX_SHARE` of the units (the dense product is then cheaper)."""
-    active = s != 0
-    width = int(active.sum(1).max())
-    if width > SPARSE_MAX_SHARE * d_next:
+    found = _active_share(s, d_next)
+    if found is None:
         return None
+    active, width = found
     order = torch.sort(active.to(torch.int8), dim=1, descending=True, stable=True)[1]
     return order[:, :width]
 
@@ -193,19 +214,6 @@ def _scaled_gamma_chunk(
     return gamma
 
 
-def _gamma_chunk(P: torch.Tensor, Q: torch.Tensor, s: torch.Tensor, sparse: bool) -> torch.Tensor:
-    """``Γ(x) = P diag(s(x)) Q`` (b, k', k) for a chunk of rows, ``s`` (b, d'). Where most
-    slopes are exactly 0 (inactive ReLUs), only the active units of each row enter its product
-    (gathered, padded with zero slopes to the chunk's most active row): exact, and about
-    ``d' / active`` times fewer operations."""
-    b, (k_next, d_next) = s.shape[0], P.shape
-    idx = _active_units(s, d_next) if sparse else None
-    if idx is not None:
-        scaled = _rows(P.T, idx) * torch.gather(s, 1, idx)[..., None]  # (b, a, k')
-        return torch.bmm(scaled.transpose(1, 2), _rows(Q, idx))
-    return ((P[None] * s[:, None, :]).reshape(-1, d_next) @ Q).reshape(b, k_next, -1)
-
-
 def pair_form(
     slope: torch.Tensor, k_next: int, k: int, n_rows: int, products: torch.dtype, allowed: bool
 ) -> PairSums | None:
@@ -216,10 +224,8 @@ def pair_form(
     d_next = slope.shape[1]
     if not allowed:
         return None
-    share = 1.0
-    if d_next >= SPARSE_MIN_WIDTH and k_next >= SPARSE_MIN_TARGETS and slope.numel():
-        share = min(1.0, float((slope != 0).sum(1).max()) / d_next)
-        share = share if share <= SPARSE_MAX_SHARE else 1.0
+    found = _active_share(slope, d_next) if _skips_inactive(d_next, k_next) else None
+    share = 1.0 if found is None else found[1] / d_next
     if not pair_form_pays(n_rows, k_next, d_next, k, share):
         return None
     return PairSums(d_next, k, slope.device, products)

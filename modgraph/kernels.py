@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .capture import Session
-from .elementwise import LayerTensors, elementwise_slopes, pair_form, row_edges
+from .elementwise import LayerTensors, elementwise_slopes, factors, pair_form, row_edges
 from .jacobian import (
     chunk_rows,
     constant_jacobian,
@@ -182,9 +182,7 @@ def _conv_junction_edges(
             out = convolve(part, kernel, None, conv.stride, conv.padding, conv.dilation, k)
             total += out.reshape(part.shape[0], k, k_next, -1).square().sum((0, 3))
         count += f.shape[0] * P_next
-    total = sess.reduce(total)
-    count = int(sess.reduce(torch.tensor(float(count), dtype=torch.float64, device=sess.device)))
-    return total.T / max(count, 1)
+    return sess.reduce(total).T / max(sess.reduce_count(count), 1)
 
 
 def _edge_cotangents(
@@ -302,7 +300,7 @@ def _autograd_edges(
             unit = gamma.reshape(k_next, per_feature, -1, k).sum(1) / P_next
             squares += unit.square().sum(1)
     total = sess.reduce(total)
-    count = int(sess.reduce(torch.tensor(float(count), dtype=torch.float64, device=sess.device)))
+    count = sess.reduce_count(count)
     if ties is not None:
         ties.finish(section.key, max(count, 1), sess.reduce)
     E = total / max(count, 1)
@@ -358,9 +356,8 @@ def compute_edges(
     seen = 0
     products = torch.float64 if precision == "float64" else torch.float32
     # the sources, and at α = 1 the targets too (their slopes are read off them)
-    names = list(dict.fromkeys([s.source for s in shared] + [s.target for s in shared]))
-    if n_alpha != 1:
-        names = list(dict.fromkeys(s.source for s in shared))
+    targets = [s.target for s in shared] if n_alpha == 1 else []
+    names = list(dict.fromkeys([*(s.source for s in shared), *targets]))
     if shared:
         with torch.no_grad(), _tf32(precision == "tf32" and sess.device.type == "cuda"):
             for index, x in enumerate(sess.batches("edges (elementwise)")):
@@ -391,9 +388,7 @@ def compute_edges(
         for s in shared:  # contracted here, so that processes reduce sums of E alike
             acc = pairs.get(s.key)
             if acc is not None:
-                assert s.linear is not None
-                Q = s.linear.weight.to(torch.float64) @ tensors[s.source].C_pinv.T
-                sums[s.key] = acc.edges(tensors[s.target].C.T, Q)
+                sums[s.key] = acc.edges(*factors(s, tensors[s.source], tensors[s.target]))
     gen = None
     if n_sources is not None:
         gen = torch.Generator(device=sess.device)
