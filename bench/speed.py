@@ -65,7 +65,7 @@ def _never_pairs(*args: Any, **kwargs: Any) -> bool:
 
 
 def _dense_scaled_gamma(
-    P: torch.Tensor, Q: torch.Tensor, s: torch.Tensor, f: torch.Tensor, sparse: bool
+    P: torch.Tensor, Q: torch.Tensor, s: torch.Tensor, f: torch.Tensor
 ) -> torch.Tensor:
     """The row kernel before issue 16: ``P`` scaled by each row's slopes, one dense product,
     then the columns scaled by the features."""

@@ -6,7 +6,8 @@ give the same sums (to rounding):
 
 - the **row form** (:func:`row_edges`): one matrix product per row, ``(Γ ⊙ f̂)²`` summed in
   chunks that stay in cache; the smaller of ``P`` and ``Q`` is the one scaled per row, and on
-  wide layers only each row's active units (slope ≠ 0) enter its product;
+  wide layers only each row's active units (slope ≠ 0) enter its product, rows taken two by
+  two where that is cheaper (:mod:`modgraph.sparse_rows`);
 - the **pair form** (:class:`~modgraph.pairs.PairSums`): the moments ``Σ f̂_j² s_u s_v`` by
   large products, contracted once; :func:`pair_form` picks it per section where it takes fewer
   FLOPs and no tie moments or standard errors are asked for (both need each row's ``Γ``).
@@ -22,6 +23,7 @@ import torch
 from .jacobian import elementwise_derivative, elementwise_slope, linear_preactivation
 from .pairs import PairSums, pair_form_pays
 from .plan import Section
+from .sparse_rows import SparseRows, Workspace
 from .ties import TieSums
 
 if TYPE_CHECKING:
@@ -41,12 +43,15 @@ __all__ = [
 CACHE_ELEMENTS = 2**20
 
 #: Widths from which the elementwise kernel skips each row's inactive units (measured on one
-#: thread: 0.94× at 256, 1.6× at 512, 1.8× at 1,024 with half the units active), and the
-#: largest active share at which that pays.
+#: thread: 0.94× at 256, 1.6× at 512, 1.8× at 1,024 with half the units active) ...
 SPARSE_MIN_WIDTH = 512
-SPARSE_MAX_SHARE = 0.75
 #: ... and the fewest target features (measured: a section into 10 features was 6× slower).
 SPARSE_MIN_TARGETS = 64
+#: Chunks of at most this many rows add their squares row by row (:func:`_add_squares`).
+FUSED_ROWS = 4
+#: With ``precision="float32"``, the squares of at most this many rows are summed in float32
+#: before they join the float64 total (one conversion per chunk had been 15 % of the time).
+FLOAT32_ROWS = 16
 
 
 class LayerTensors:
@@ -116,10 +121,10 @@ def row_edges(
     (B, k), one product per row; with ``ties``, the moments of the tied pairs are added to it
     in the same chunks.
 
-    ``products=torch.float32`` builds each chunk's ``Γ`` and its squares in float32 (the
-    chunk's sum over at most :data:`CACHE_ELEMENTS` / (k'·d') rows too); the sum over chunks
-    stays float64. With ``squares`` (k', k), the sum over rows of each row's value squared
-    is added to it (for the standard error of a subsample)."""
+    ``products=torch.float32`` builds each chunk's ``Γ`` and its squares in float32, and sums
+    the squares of at most :data:`FLOAT32_ROWS` rows in float32; the sum over those stays
+    float64. With ``squares`` (k', k), the sum over rows of each row's value squared is added
+    to it (for the standard error of a subsample)."""
     P, Q = factors(section, src, dst)
     k_next, d_next, k = P.shape[0], P.shape[1], Q.shape[1]
     total = torch.zeros((k_next, k), dtype=torch.float64, device=slope.device)
@@ -128,26 +133,52 @@ def row_edges(
     # Small chunks keep the per-sample products in cache, so the elementwise work after the
     # matrix product costs little (measured: 65 % → ~100 % of the GEMM rate at 8 rows).
     rows = max(1, CACHE_ELEMENTS // max(1, k_next * max(d_next, k)))
+    partial, since = total, 0
+    if products != torch.float64:
+        P, Q, slope, f = P.to(products), Q.to(products), slope.to(products), f.to(products)
+        partial = torch.zeros_like(total, dtype=products)
     # Skipping inactive units gathers each row's share of P and Q, (rows, active, k' + k): only
     # where the target keeps enough features for that to pay, and in chunks sized by it (with
     # k' = 10 a chunk of ~200 rows gathered 200-450 MB and ran 6x slower than dense).
-    sparse = _skips_inactive(d_next, k_next)
-    if sparse:
-        rows = max(1, min(rows, CACHE_ELEMENTS // (d_next * (k_next + k))))
-    if products != torch.float64:
-        P, Q, slope, f = P.to(products), Q.to(products), slope.to(products), f.to(products)
-    for s, fc in zip(slope.split(rows), f.split(rows)):
-        if ties is None:  # (Γ ⊙ f̂) directly: the features scale the columns of Q
-            scaled = _scaled_gamma_chunk(P, Q, s, fc, sparse)
-        else:  # the tie moments need Γ itself: (k', 1, b, 1, k) against (b, 1, k)
-            scaled = _scaled_gamma_chunk(P, Q, s, torch.ones_like(fc), sparse)
+    sparse = None
+    if _skips_inactive(d_next, k_next):
+        rows = _sparse_chunk_rows(k_next, d_next, k)
+        plan = SparseRows(slope, rows)
+        sparse = (plan, Workspace(P, Q)) if plan.usable else None
+    for chunk, (s, fc) in enumerate(zip(slope.split(rows), f.split(rows))):
+        scale = fc if ties is None else torch.ones_like(fc)  # the tie moments need Γ itself
+        if sparse is None:
+            scaled = _scaled_gamma_chunk(P, Q, s, scale)
+        else:
+            scaled = sparse[0].gamma(sparse[1], chunk, scale)
+        if ties is not None:  # (k', 1, b, 1, k) against (b, 1, k)
             ties.add(section.key, scaled.permute(1, 0, 2)[:, None, :, None, :], fc[:, None, :])
             scaled *= fc[:, None, :]
-        scaled.square_()
-        total += scaled.sum(0)
         if squares is not None:
+            scaled.square_()
+            partial += scaled.sum(0)
             squares += scaled.square().sum(0)
+        else:
+            _add_squares(partial, scaled)
+        since += s.shape[0]
+        if partial is not total and since >= FLOAT32_ROWS:
+            total += partial
+            partial.zero_()
+            since = 0
+    if partial is not total:
+        total += partial
     return total
+
+
+def _add_squares(total: torch.Tensor, scaled: torch.Tensor) -> None:
+    """``total += Σ_b scaled_b²`` for ``scaled`` (b, k', k): row by row where the chunk holds
+    few rows (one fused pass each, no temporary: 1.3× on the paired rows at 512³, one thread),
+    else squared in place and summed."""
+    if scaled.shape[0] <= FUSED_ROWS:
+        for row in scaled:
+            total.addcmul_(row, row)
+    else:
+        total += scaled.square_().sum(0)
 
 
 def factors(
@@ -155,7 +186,7 @@ def factors(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``P = C_{l+1}ᵀ`` (k', d') and ``Q = W C_l⁺ᵀ`` (d', k), so that ``Γ(x) = P diag(s(x)) Q``."""
     assert section.linear is not None
-    return dst.C.T, section.linear.weight.to(torch.float64) @ src.C_pinv.T
+    return dst.C.T, section.linear.weight.detach().to(torch.float64) @ src.C_pinv.T
 
 
 def _skips_inactive(d_next: int, k_next: int) -> bool:
@@ -164,47 +195,23 @@ def _skips_inactive(d_next: int, k_next: int) -> bool:
     return d_next >= SPARSE_MIN_WIDTH and k_next >= SPARSE_MIN_TARGETS
 
 
-def _active_share(s: torch.Tensor, d_next: int) -> tuple[torch.Tensor, int] | None:
-    """Which slopes of each row are nonzero (b, d') and the chunk's most active row's count,
-    or ``None`` where that is over :data:`SPARSE_MAX_SHARE` of the units (the dense product
-    is then cheaper)."""
-    active = s != 0
-    width = int(active.sum(1).max()) if s.numel() else 0
-    return None if width > SPARSE_MAX_SHARE * d_next else (active, width)
-
-
-def _active_units(s: torch.Tensor, d_next: int) -> torch.Tensor | None:
-    """The indices of each row's active units (slope ≠ 0) first, (b, width), padded with
-    inactive ones to the chunk's most active row; ``None`` where that is over
-    :data:`SPARSE_MAX_SHARE` of the units (the dense product is then cheaper)."""
-    found = _active_share(s, d_next)
-    if found is None:
-        return None
-    active, width = found
-    order = torch.sort(active.to(torch.int8), dim=1, descending=True, stable=True)[1]
-    return order[:, :width]
-
-
-def _rows(M: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``M[idx]`` (b, a, n) for ``M`` (d, n) and ``idx`` (b, a), by ``index_select`` (whole rows
-    copied: 5× faster than advanced indexing at 512 × 512, one thread)."""
-    return M.index_select(0, idx.reshape(-1)).view(*idx.shape, M.shape[1])
+def _sparse_chunk_rows(k_next: int, d_next: int, k: int) -> int:
+    """Rows per chunk where inactive units are skipped: each row's gathered share of ``P`` and
+    ``Q`` (d'·(k' + k) at most) in cache, and an even number, so that rows can be paired."""
+    rows = min(
+        CACHE_ELEMENTS // max(1, k_next * max(d_next, k)), CACHE_ELEMENTS // (d_next * (k_next + k))
+    )
+    return 2 * max(1, rows // 2)
 
 
 def _scaled_gamma_chunk(
-    P: torch.Tensor, Q: torch.Tensor, s: torch.Tensor, f: torch.Tensor, sparse: bool
+    P: torch.Tensor, Q: torch.Tensor, s: torch.Tensor, f: torch.Tensor
 ) -> torch.Tensor:
-    """``Γ(x) ⊙ f̂(x) = P diag(s(x)) Q diag(f̂(x))`` (b, k', k) for a chunk of rows: the slopes
-    and features scale the (gathered) rows and columns of ``Q`` where that tensor is the
-    smaller one to build, else the columns of ``P`` (measured on one thread: 1.5–1.8× over
-    scaling ``P`` where ``k' ≥ k``; 4× slower with ``k' = 10``)."""
+    """``Γ(x) ⊙ f̂(x) = P diag(s(x)) Q diag(f̂(x))`` (b, k', k) for a chunk of rows by one dense
+    product, in which the slopes and features scale the rows and columns of ``Q`` where that
+    tensor is the smaller one to build, else the columns of ``P`` (measured on one thread:
+    1.5–1.8× over scaling ``P`` where ``k' ≥ k``; 4× slower with ``k' = 10``)."""
     b, (k_next, d_next), k = s.shape[0], P.shape, Q.shape[1]
-    idx = _active_units(s, d_next) if sparse else None
-    if idx is not None:  # only the active units of each row enter its product: exact
-        right = _rows(Q, idx)  # (b, a, k)
-        right *= torch.gather(s, 1, idx)[..., None]
-        right *= f[:, None, :]
-        return torch.bmm(_rows(P.T, idx).transpose(1, 2), right)
     if d_next * k <= k_next * (d_next + k):
         right = Q[:, None, :] * f[None]  # (d', b, k)
         right *= s.T[:, :, None]
@@ -224,8 +231,10 @@ def pair_form(
     d_next = slope.shape[1]
     if not allowed:
         return None
-    found = _active_share(slope, d_next) if _skips_inactive(d_next, k_next) else None
-    share = 1.0 if found is None else found[1] / d_next
+    share = 1.0
+    if _skips_inactive(d_next, k_next):
+        sparse = SparseRows(slope, _sparse_chunk_rows(k_next, d_next, k))
+        share = sparse.share if sparse.usable else 1.0
     if not pair_form_pays(n_rows, k_next, d_next, k, share):
         return None
     return PairSums(d_next, k, slope.device, products)

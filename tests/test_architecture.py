@@ -49,7 +49,9 @@ FLOORS = {
     "cache": 1,  # node-layer records kept between passes (cache_mb)
     "_weights": 1,  # the CLI's --weights: state dicts loaded without unpickling
     "pairs": 1,  # the pair form of the elementwise edge kernel; imports no other room
-    "elementwise": 6,  # the elementwise edge kernel (row form, pair choice): jacobian, ties, pairs
+    "sparse_rows": 1,  # the row form's products over active units (rows paired); no other room
+    "elementwise": 6,  # the elementwise edge kernel (row form, pair choice): jacobian, ties, pairs,
+    # sparse_rows
     "kernels": 7,  # edge kernels: capture, jacobian, ties; InteractionBasis only as a type
     "plot": 10,
     "degeneracy": 7,

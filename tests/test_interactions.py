@@ -33,14 +33,14 @@ def test_edges_match_brute_force(case, n_alpha):
 def test_sparse_relu_kernel_matches_brute_force(monkeypatch, n_alpha):
     """The elementwise kernel skips each row's inactive ReLUs on wide layers: forced on at
     every width here, it must give the brute-force edges, and the dense kernel's to 1e-12."""
-    from modgraph import elementwise, pairs
+    from modgraph import elementwise, pairs, sparse_rows
 
     case = CASES[0]  # ReLU MLP
     assert isinstance(case.model[1], nn.ReLU)
     bases = interaction_basis(case.model, case.x, progress=False)
     dense = interaction_graph(case.model, case.x, bases, n_alpha=n_alpha, progress=False).edges
     monkeypatch.setattr(elementwise, "SPARSE_MIN_WIDTH", 1)
-    monkeypatch.setattr(elementwise, "SPARSE_MAX_SHARE", 1.0)
+    monkeypatch.setattr(sparse_rows, "SPARSE_MAX_SHARE", 1.0)
     monkeypatch.setattr(elementwise, "SPARSE_MIN_TARGETS", 1)
     monkeypatch.setattr(pairs, "PAIR_MAX_ELEMENTS", 0)  # the row form on every section
     sparse = interaction_graph(case.model, case.x, bases, n_alpha=n_alpha, progress=False).edges

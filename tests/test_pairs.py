@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from modgraph import elementwise, interaction_basis, interaction_graph, kernels, pairs
+from modgraph import elementwise, interaction_basis, interaction_graph, kernels, pairs, sparse_rows
 from modgraph.plan import Section
 from tests.reference import brute_edges
 from tests.zoo import cases
@@ -95,7 +95,7 @@ def test_row_form_branches_match_brute_force(monkeypatch, shape, binary):
     if shape == (15, 12, 13):
         monkeypatch.setattr(elementwise, "SPARSE_MIN_WIDTH", 1)
         monkeypatch.setattr(elementwise, "SPARSE_MIN_TARGETS", 1)
-        monkeypatch.setattr(elementwise, "SPARSE_MAX_SHARE", 1.0)
+        monkeypatch.setattr(sparse_rows, "SPARSE_MAX_SHARE", 1.0)
     monkeypatch.setattr(elementwise, "CACHE_ELEMENTS", 600)  # several chunks
     section, src, dst, P, Q, s, f = _section(k_next, d_next, k, binary, seed=k_next)
     squares = torch.zeros(k_next, k, dtype=torch.float64)
@@ -104,6 +104,105 @@ def test_row_form_branches_match_brute_force(monkeypatch, shape, binary):
     assert (total - ref).abs().max() <= 1e-12 * ref.max()
     ref_squares = sum(((P * sx) @ Q * fx) ** 4 for sx, fx in zip(s, f))
     assert (squares - ref_squares).abs().max() <= 1e-12 * ref_squares.max()
+
+
+def _sparse_everywhere(monkeypatch, paired: bool) -> list[bool]:
+    """Force the row form to skip inactive units at every width, rows paired (always) or one
+    by one (never); returns the pairing decisions the kernel took."""
+    monkeypatch.setattr(elementwise, "SPARSE_MIN_WIDTH", 1)
+    monkeypatch.setattr(elementwise, "SPARSE_MIN_TARGETS", 1)
+    monkeypatch.setattr(sparse_rows, "SPARSE_MAX_SHARE", 1.0)
+    monkeypatch.setattr(sparse_rows, "PAIRED_ROWS_MAX_COST", 1e9 if paired else -1.0)
+    taken: list[bool] = []
+
+    class Spy(sparse_rows.SparseRows):
+        def __init__(self, slopes, rows):
+            super().__init__(slopes, rows)
+            taken.append(self.usable and self.paired)
+
+    monkeypatch.setattr(elementwise, "SparseRows", Spy)
+    return taken
+
+
+@pytest.mark.parametrize("slopes", ["relu", "leaky", "three"])
+@pytest.mark.parametrize("paired", [True, False])
+@pytest.mark.parametrize("cache", [600, 1400])  # chunks of 2 and 4 rows, the 37th alone
+def test_paired_rows_match_brute_force(monkeypatch, slopes, paired, cache):
+    """Rows two by two (a pair's shared slopes multiplied once) and one by one give the
+    row-by-row brute force, squares included, whatever the slopes: 0/1 (ReLU), 0.1/1 (no zero
+    slope: only equal ones are shared), or three values with zeros. The last chunk holds one
+    row, which a zero row pairs."""
+    taken = _sparse_everywhere(monkeypatch, paired)
+    monkeypatch.setattr(elementwise, "CACHE_ELEMENTS", cache)
+    section, src, dst, P, Q, s, f = _section(15, 12, 13, binary=True, seed=4)  # 37 rows
+    g = torch.Generator().manual_seed(9)
+    if slopes == "leaky":
+        s = torch.where(s > 0, 1.0, 0.1).to(torch.float64)
+    elif slopes == "three":
+        s = s * torch.randint(1, 3, s.shape, generator=g).to(torch.float64) / 2
+    squares = torch.zeros(15, 13, dtype=torch.float64)
+    total = elementwise.row_edges(section, s, f, src, dst, squares=squares)  # type: ignore[arg-type]
+    ref = _brute(P, Q, s, f)
+    assert (total - ref).abs().max() <= 1e-12 * ref.max()
+    ref_squares = sum(((P * sx) @ Q * fx) ** 4 for sx, fx in zip(s, f))
+    assert (squares - ref_squares).abs().max() <= 1e-12 * ref_squares.max()
+    assert taken and all(t == paired for t in taken)
+
+
+def test_paired_rows_in_float32_keep_float64_sums():
+    """``precision="float32"`` products on paired rows: float64 totals, error of float32."""
+    section, src, dst, P, Q, s, f = _section(64, 80, 48, binary=True, seed=2)
+    s, f = s.repeat(4, 1), f.repeat(4, 1)
+    elementwise.SPARSE_MIN_WIDTH, old = 1, elementwise.SPARSE_MIN_WIDTH
+    try:
+        with torch.no_grad():
+            total = elementwise.row_edges(section, s, f, src, dst, products=torch.float32)  # type: ignore[arg-type]
+    finally:
+        elementwise.SPARSE_MIN_WIDTH = old
+    ref = _brute(P, Q, s, f)
+    err = float((total - ref).abs().max() / ref.max())
+    assert total.dtype == torch.float64 and 0 < err < 1e-5
+
+
+def test_rows_are_paired_where_that_halves_a_quarter_of_the_products():
+    """Half the units active at random: a quarter of them shared by a pair, so paired rows do
+    (1/4 + 2·1/4)/2 = 0.375 of the dense product per row, against 0.5 one by one. Few active
+    units share too few to pay; no zero slope: the dense product."""
+    g = torch.Generator().manual_seed(0)
+    half = (torch.rand(64, 512, generator=g) < 0.5).to(torch.float64)
+    plan = sparse_rows.SparseRows(half, 4)
+    assert plan.usable and plan.paired and 0.36 < plan.share < 0.39
+    rows = half.view(16, 4, 512)
+    assert plan.row_widths == rows.sum(2).max(1).values.int().tolist()
+    both = (half[0::2] * half[1::2]).view(16, 2, 512)  # ReLU: active in both rows of a pair
+    assert plan.shared_widths == both.sum(2).max(1).values.int().tolist()
+    few = (torch.rand(64, 512, generator=g) < 0.05).to(torch.float64)
+    plan = sparse_rows.SparseRows(few, 4)
+    assert plan.usable and not plan.paired and plan.share < 0.1
+    assert not sparse_rows.SparseRows(torch.rand(64, 512, generator=g) + 0.1, 4).usable
+
+
+@pytest.mark.parametrize("ties", ["keep", "rotate"])
+def test_paired_rows_end_to_end_equal_rows_one_by_one(monkeypatch, ties):
+    """The ReLU MLP of the zoo with every elementwise section skipping inactive units: paired
+    rows give rows one by one to 1e-12, tie moments and turned bases included, and the
+    ``jacrev`` reference."""
+    case = next(c for c in CASES if c.name == "relu")
+    bases = interaction_basis(case.model, case.x, progress=False)
+    monkeypatch.setattr(pairs, "PAIR_MAX_ELEMENTS", 0)  # the row form on every section
+    graphs = {}
+    for paired in (False, True):
+        taken = _sparse_everywhere(monkeypatch, paired)
+        graphs[paired] = interaction_graph(case.model, case.x, bases, ties=ties, progress=False)
+        assert any(taken) == paired
+    for key, E in graphs[True].edges.items():
+        one_by_one = graphs[False].edges[key]
+        assert np.abs(E - one_by_one).max() <= 1e-12 * one_by_one.max(), key
+    if ties == "keep":
+        ref_bases = [{"mean": b.mean, "C": b.C} for b in bases.values()]
+        ref = brute_edges(case.x, case.sections, ref_bases, n_alpha=1)
+        for (key, E), R in zip(graphs[True].edges.items(), ref):
+            np.testing.assert_allclose(E, R, rtol=1e-8, atol=1e-8 * R.max(), err_msg=str(key))
 
 
 @pytest.mark.parametrize("n_alpha", [1, 2])
