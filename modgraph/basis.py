@@ -68,6 +68,7 @@ class InteractionBasis:
     eigenvalues : ndarray, shape (k,)
         ``Λ``, descending: ``E[f̂ f̂ᵀ] = diag(Λ)``, each feature's importance. For the output layer
         with ``output_basis="identity"`` these are the output variances, in output order.
+        Where pairs turned, the turned features' second moments (:attr:`feature_moments`).
     gram_eigenvalues : ndarray, shape (d,)
         All eigenvalues of the activation covariance ``G``, descending.
     jacobian_eigenvalues : ndarray, shape (r,)
@@ -89,7 +90,10 @@ class InteractionBasis:
         :func:`interaction_basis`.
     tie_angles : ndarray, shape (m,)
         The angle each pair turned by (0: the pair tied, but no turn lowered the cost).
-        Where pairs turned, ``eigenvalues`` holds the turned features' second moments.
+    turned_moments : ndarray, shape (k, k) or (0, 0)
+        Where pairs turned: the turned features' second moments ``E[f̂ f̂ᵀ]``, which are no
+        longer diagonal (a turned pair correlates); empty otherwise. Read
+        :attr:`feature_moments`.
     """
 
     layer: str
@@ -107,6 +111,9 @@ class InteractionBasis:
         default_factory=lambda: readonly(np.zeros((0, 2)), np.int64)
     )
     tie_angles: np.ndarray = dataclasses.field(default_factory=lambda: readonly(np.zeros(0)))
+    turned_moments: np.ndarray = dataclasses.field(
+        default_factory=lambda: readonly(np.zeros((0, 0)))
+    )
 
     @property
     def d(self) -> int:
@@ -117,6 +124,16 @@ class InteractionBasis:
     def k(self) -> int:
         """Number of interaction-basis features kept."""
         return int(self.C.shape[1])
+
+    @property
+    def feature_moments(self) -> np.ndarray:
+        """``E[f̂ f̂ᵀ]`` (k, k): ``diag(Λ)`` for a basis as fitted (its features are uncorrelated;
+        for the ``"neuron"`` baseline and the identity output basis, whose units correlate, only
+        the diagonal holds), the turned features' second moments where pairs turned
+        (:func:`turn_basis`)."""
+        if self.turned_moments.size:
+            return self.turned_moments
+        return np.diag(self.eigenvalues)
 
     @property
     def gram_rank(self) -> int:
@@ -263,25 +280,26 @@ def turn_basis(basis: InteractionBasis, pairs: np.ndarray, angles: np.ndarray) -
     """``basis`` with each tied pair of features turned by its angle (:mod:`modgraph.ties`).
 
     With ``R`` the rotation (``f̂' = Rᵀ f̂``): ``C' = C R``, ``C'⁺ = Rᵀ C⁺`` (still
-    ``C'⁺ C' = I``), signs fixed again as in fitting. The importance of a turned feature is its
-    second moment ``Σ_i R_ia² Λ_i``; a turned pair keeps a cross moment ``E[f̂'_a f̂'_b] =
+    ``C'⁺ C' = I``), signs fixed again as in fitting. The features' second moments turn with
+    them, ``E[f̂' f̂'ᵀ] = Rᵀ E[f̂ f̂ᵀ] R`` (:attr:`InteractionBasis.turned_moments`), and the
+    importances are their diagonal. A turned pair keeps a cross moment ``E[f̂'_a f̂'_b] =
     sin θ cos θ (Λ_b − Λ_a)``, small because the pair's Λ are within sampling error of each
-    other. The spectra (``jacobian_eigenvalues``) are unchanged.
+    other; a later sweep that turns a feature again starts from these moments, not from
+    ``diag(Λ)``. The spectra (``jacobian_eigenvalues``) are unchanged.
     """
     C = turn_columns(basis.C, pairs, angles)  # C R
     signs = _column_signs(torch.from_numpy(C)).numpy()
     C_pinv = turn_columns(basis.C_pinv.T, pairs, angles).T  # Rᵀ C⁺
-    lam = np.array(basis.eigenvalues, dtype=np.float64, copy=True)  # Σ_i R_ia² Λ_i
-    a, b = pairs[:, 0], pairs[:, 1]
-    c2, s2 = np.cos(angles) ** 2, np.sin(angles) ** 2
-    lam[a], lam[b] = c2 * lam[a] + s2 * lam[b], s2 * lam[a] + c2 * lam[b]
+    moments = turn_columns(turn_columns(basis.feature_moments, pairs, angles).T, pairs, angles)
+    moments = 0.5 * (moments + moments.T) * signs[:, None] * signs[None, :]  # Rᵀ E[f̂ f̂ᵀ] R
     turned = dataclasses.replace(
         basis,
         C=readonly(C * signs),
         C_pinv=readonly(C_pinv * signs[:, None]),
-        eigenvalues=readonly(lam),
+        eigenvalues=readonly(np.diagonal(moments).copy()),
         tie_pairs=readonly(np.concatenate([basis.tie_pairs, pairs]), np.int64),
         tie_angles=readonly(np.concatenate([basis.tie_angles, angles])),
+        turned_moments=readonly(moments),
     )
     return turned
 

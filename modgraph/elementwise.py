@@ -55,12 +55,13 @@ FLOAT32_ROWS = 16
 
 
 class LayerTensors:
-    """Basis tensors of one node layer on the compute device (float64)."""
+    """Basis tensors of one node layer on the compute device (float64); ``moments`` is
+    ``E[f̂ f̂ᵀ]`` (k, k) (:attr:`InteractionBasis.feature_moments`)."""
 
     def __init__(self, basis: InteractionBasis, device: torch.device) -> None:
-        arrays = (basis.mean, basis.C, basis.C_pinv, basis.eigenvalues)
+        arrays = (basis.mean, basis.C, basis.C_pinv, basis.eigenvalues, basis.feature_moments)
         tensors = [torch.tensor(a, dtype=torch.float64, device=device) for a in arrays]
-        self.mean, self.C, self.C_pinv, self.eigenvalues = tensors
+        self.mean, self.C, self.C_pinv, self.eigenvalues, self.moments = tensors
         self.k = int(self.C.shape[1])
 
 

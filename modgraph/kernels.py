@@ -98,12 +98,13 @@ class Subsample:
 def _junction_edges(
     section: Section, src: LayerTensors, dst: LayerTensors, ties: TieSums | None = None
 ) -> torch.Tensor:
-    """Linear→Linear junction: Γ = C_{l+1}ᵀ W C_l⁺ᵀ is constant, so E = Γ² · Λ_l (exact), and
-    the tie moments follow from ``E[f̂ f̂ᵀ] = diag(Λ_l)`` in closed form."""
+    """Linear→Linear junction: Γ = C_{l+1}ᵀ W C_l⁺ᵀ is constant, so E = Γ² · Λ_l (exact: Λ_l
+    the features' second moments), and the tie moments follow from ``E[f̂ f̂ᵀ]`` in closed
+    form."""
     assert section.linear is not None
     gamma = dst.C.T @ section.linear.weight.to(torch.float64) @ src.C_pinv.T
     if ties is not None:
-        ties.add_constant(section.key, gamma, src.eigenvalues)
+        ties.add_constant(section.key, gamma, src.moments)
     return gamma.square() * src.eigenvalues[None, :]
 
 
@@ -121,7 +122,7 @@ def _constant_edges(
     assert grad_a is not None
     gamma = (grad_a.to(torch.float64) @ src.C_pinv.T).reshape(k_next, -1)
     if ties is not None:
-        ties.add_constant(section.key, gamma, src.eigenvalues)
+        ties.add_constant(section.key, gamma, src.moments)
     return gamma.square() * src.eigenvalues[None, :]
 
 

@@ -185,17 +185,27 @@ class TieSums:
         out, into = pair_moments(gamma, f, self.pairs.get(key[0]), self.pairs.get(key[1]))
         self._store(key, out, into)
 
-    def add_constant(self, key: tuple[str, str], gamma: torch.Tensor, lam: torch.Tensor) -> None:
-        """A section with a constant ``Γ (k', k)`` over features with ``E[f̂ f̂ᵀ] = diag(λ)``:
-        one pseudo-point ``√(k λ_i) e_i`` per feature has exactly these second moments."""
-        k = lam.shape[0]
+    def add_constant(
+        self, key: tuple[str, str], gamma: torch.Tensor, moments: torch.Tensor
+    ) -> None:
+        """A section with a constant ``Γ (k', k)`` over features with second moments
+        ``E[f̂ f̂ᵀ] = moments`` (k, k): ``diag(Λ)`` for an interaction basis, with cross moments
+        where earlier sweeps turned pairs. The moments of a source pair ``(a, b)`` need only its
+        2 × 2 block, which two pseudo-points reproduce exactly (its Cholesky factor, ``√k``
+        times); a pair's points are zero outside it, and the pairs of a sweep are disjoint."""
+        k = moments.shape[0]
+        lam = torch.diagonal(moments)
         src, dst = self.pairs.get(key[0]), self.pairs.get(key[1])
         out = into = None
         if src is not None and len(src):
-            cols = src.reshape(-1)  # only the pseudo-points of the paired features matter
-            f = torch.zeros((cols.shape[0], 1, k), dtype=gamma.dtype, device=gamma.device)
-            f[torch.arange(cols.shape[0]), 0, cols] = (k * lam[cols]).sqrt()
-            out, _ = pair_moments(gamma[:, None, None, None, :], f, src, None)
+            a, b = src[:, 0], src[:, 1]
+            l11 = lam[a].clamp(min=0).sqrt()
+            l21 = torch.where(l11 > 0, moments[a, b] / torch.where(l11 > 0, l11, 1), 0)
+            l22 = (lam[b] - l21.square()).clamp(min=0).sqrt()
+            m, rows = len(src), torch.arange(len(src), device=gamma.device)
+            f = torch.zeros((2 * m, 1, k), dtype=gamma.dtype, device=gamma.device)
+            f[rows, 0, a], f[rows, 0, b], f[m + rows, 0, b] = l11, l21, l22
+            out, _ = pair_moments(gamma[:, None, None, None, :], f * k**0.5, src, None)
             out = out / k
         if dst is not None and len(dst):
             into = gamma[dst[:, 0]] * gamma[dst[:, 1]] * lam[None, :]

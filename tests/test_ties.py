@@ -221,6 +221,35 @@ def test_turned_layers_only_and_the_edges_are_those_of_the_turned_bases(planted)
         assert np.abs(rotate.edges[key] - E).max() <= 1e-12 * np.abs(E).max()
 
 
+def test_features_turned_in_several_sweeps_keep_their_measured_moments():
+    """A feature turned in one sweep and again in a later one correlates with its first
+    partner, so its second moment is not ``c² Λ_a + s² Λ_b`` of the importances: the basis
+    carries ``E[f̂ f̂ᵀ]`` turned with it. Measured from stored activations: the importances and
+    the moments of every turned layer; and the edges of every section, a Linear→output
+    junction (``E = Γ² Λ`` in closed form) included, equal the ``jacrev`` brute force in the
+    turned bases."""
+    from tests.reference import activations
+    from tests.zoo import cases
+
+    case = next(c for c in cases(n=200) if c.name == "relu")  # 6-10-8-4, ReLU, 200 points
+    graph = interaction_graph(case.model, case.x, ties="rotate", progress=False)
+    acts = [a.numpy() for a in activations(case.x, case.sections)]
+    twice = 0
+    for a, b in zip(acts, graph.bases.values()):
+        f = (a - b.mean) @ b.C
+        measured = f.T @ f / len(f)
+        scale = np.abs(measured).max()
+        assert np.abs(b.eigenvalues - np.diag(measured)).max() <= 1e-10 * scale, b.layer
+        if b.layer != "output":  # the identity output basis: its outputs correlate
+            assert np.abs(b.feature_moments - measured).max() <= 1e-10 * scale, b.layer
+        twice += len(b.tie_pairs) > b.k // 2  # some feature turned in two sweeps
+    assert twice, "no layer turned a feature twice: the case tests nothing new"
+    ref_bases = [{"mean": b.mean, "C": b.C} for b in graph.bases.values()]
+    ref = brute_edges(case.x, case.sections, ref_bases, n_alpha=1)
+    for (key, E), R in zip(graph.edges.items(), ref):
+        assert np.abs(E - R).max() <= 1e-10 * R.max(), key
+
+
 def test_rotate_is_invariant_under_reparameterisation(planted):
     model, x, _, rotate = planted
     twin = obfuscate(model, seed=3)
