@@ -23,7 +23,7 @@ import torch
 from .jacobian import elementwise_derivative, elementwise_slope, linear_preactivation
 from .pairs import PairSums, pair_form_pays
 from .plan import Section
-from .sparse_rows import SparseRows, Workspace
+from .sparse_rows import SparseRows, Workspace, matched_order
 from .ties import TieSums
 
 if TYPE_CHECKING:
@@ -117,16 +117,18 @@ def row_edges(
     ties: TieSums | None = None,
     products: torch.dtype = torch.float64,
     squares: torch.Tensor | None = None,
+    pq: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Σ over rows of ``(Γ(x) ⊙ f̂(x))²`` (k', k) from their slopes (B, d') and features
     (B, k), one product per row; with ``ties``, the moments of the tied pairs are added to it
-    in the same chunks.
+    in the same chunks. ``pq``: the section's :func:`factors`, where the caller keeps them
+    from batch to batch (``Q = W C⁺ᵀ`` is a d'·d·k product).
 
     ``products=torch.float32`` builds each chunk's ``Γ`` and its squares in float32, and sums
     the squares of at most :data:`FLOAT32_ROWS` rows in float32; the sum over those stays
     float64. With ``squares`` (k', k), the sum over rows of each row's value squared is added
     to it (for the standard error of a subsample)."""
-    P, Q = factors(section, src, dst)
+    P, Q = factors(section, src, dst) if pq is None else pq
     k_next, d_next, k = P.shape[0], P.shape[1], Q.shape[1]
     total = torch.zeros((k_next, k), dtype=torch.float64, device=slope.device)
     if k_next == 0 or k == 0:
@@ -144,6 +146,8 @@ def row_edges(
     sparse = None
     if _skips_inactive(d_next, k_next):
         rows = _sparse_chunk_rows(k_next, d_next, k)
+        order = matched_order(slope)  # similar rows paired: the sums do not depend on order
+        slope, f = slope[order], f[order]
         plan = SparseRows(slope, rows)
         sparse = (plan, Workspace(P, Q)) if plan.usable else None
     for chunk, (s, fc) in enumerate(zip(slope.split(rows), f.split(rows))):
@@ -234,7 +238,8 @@ def pair_form(
         return None
     share = 1.0
     if _skips_inactive(d_next, k_next):
-        sparse = SparseRows(slope, _sparse_chunk_rows(k_next, d_next, k))
+        ordered = slope[matched_order(slope)]
+        sparse = SparseRows(ordered, _sparse_chunk_rows(k_next, d_next, k))
         share = sparse.share if sparse.usable else 1.0
     if not pair_form_pays(n_rows, k_next, d_next, k, share):
         return None

@@ -354,6 +354,7 @@ def compute_edges(
     squares: dict[tuple[str, str], torch.Tensor] = {}
     rows: dict[tuple[str, str], int] = {}
     pairs: dict[tuple[str, str], PairSums | None] = {}
+    pq: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}  # factors, kept
     seen = 0
     products = torch.float64 if precision == "float64" else torch.float32
     # the sources, and at α = 1 the targets too (their slopes are read off them)
@@ -384,7 +385,9 @@ def compute_edges(
                     sq = None
                     if subsample is not None:
                         sq = squares.setdefault(s.key, src.C.new_zeros((dst.C.shape[1], src.k)))
-                    part = row_edges(s, slope, f, src, dst, ties, products, squares=sq)
+                    if s.key not in pq:
+                        pq[s.key] = factors(s, src, dst)
+                    part = row_edges(s, slope, f, src, dst, ties, products, sq, pq[s.key])
                     sums[s.key] = sums[s.key] + part if s.key in sums else part
         for s in shared:  # contracted here, so that processes reduce sums of E alike
             acc = pairs.get(s.key)

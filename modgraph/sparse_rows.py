@@ -9,7 +9,9 @@ Rows taken two by two do less again. The units with the same nonzero slope in bo
 pair (``shared``) enter one product ``S = P diag(shared) Q`` for the pair, and each row adds
 the product of its remainder, ``Γ = S + P diag(s − shared) Q``: a unit active in both rows is
 multiplied once. With half the units active at random, a quarter are shared, so a row costs
-``(1/4 + 2·1/4)/2 = 0.375`` of the dense product instead of 0.5.
+``(1/4 + 2·1/4)/2 = 0.375`` of the dense product instead of 0.5; rows put next to rows they
+share many units with (:func:`matched_order`) do a little less again (0.346–0.365 on random
+ReLU MLPs).
 
 :class:`SparseRows` analyses a whole batch of slopes at once (which units enter, in which
 order, how wide each chunk's products are, whether pairing pays) so that each chunk of rows
@@ -23,7 +25,14 @@ import math
 
 import torch
 
-__all__ = ["PAIRED_ROWS_MAX_COST", "SPARSE_MAX_SHARE", "SparseRows", "Workspace"]
+__all__ = [
+    "MATCH_ROUNDS",
+    "PAIRED_ROWS_MAX_COST",
+    "SPARSE_MAX_SHARE",
+    "SparseRows",
+    "Workspace",
+    "matched_order",
+]
 
 #: The largest part of the dense product (nonzero slopes, padding included) at which the
 #: sparse products pay (the gathers cost the rest; measured on one thread: 1.6× at 512 and
@@ -32,6 +41,8 @@ SPARSE_MAX_SHARE = 0.75
 #: Rows are paired only where that takes at most this part of the products of rows one by
 #: one (the shared product costs a copy of ``Γ`` per row).
 PAIRED_ROWS_MAX_COST = 0.9
+#: Rounds of mutual best matches that pair similar rows (:func:`matched_order`).
+MATCH_ROUNDS = 8
 
 
 class Workspace:
@@ -86,6 +97,28 @@ def _widest(counts: torch.Tensor, per_chunk: int) -> list[int]:
     padded = torch.zeros(math.ceil(n / per_chunk) * per_chunk, dtype=counts.dtype)
     padded[:n] = counts.cpu()
     return padded.view(-1, per_chunk).max(1).values.tolist()
+
+
+def matched_order(slopes: torch.Tensor, rounds: int = MATCH_ROUNDS) -> torch.Tensor:
+    """An order of the rows of ``slopes`` (B, d') in which consecutive pairs share many
+    active units: rounds of mutual best matches by the count of units active in both rows,
+    the rows left unmatched last, (B,). The sums over rows do not depend on the order."""
+    n = slopes.shape[0]
+    active = (slopes != 0).to(torch.float32)
+    overlap = active @ active.T  # (B, B): units active in both rows, exact up to 2²⁴
+    overlap.fill_diagonal_(-1.0)
+    index = torch.arange(n, device=slopes.device)
+    free = torch.ones(n, dtype=torch.bool, device=slopes.device)
+    matched = []
+    for _ in range(rounds):
+        best = overlap.masked_fill(~(free[:, None] & free[None, :]), -2.0).argmax(1)
+        mutual = free & free[best] & (best[best] == index) & (index < best)
+        if not bool(mutual.any()):
+            break
+        first, second = index[mutual], best[mutual]
+        matched.append(torch.stack([first, second], 1).reshape(-1))
+        free[first] = free[second] = False
+    return torch.cat([*matched, index[free]])
 
 
 class SparseRows:

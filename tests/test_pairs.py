@@ -182,6 +182,24 @@ def test_rows_are_paired_where_that_halves_a_quarter_of_the_products():
     assert not sparse_rows.SparseRows(torch.rand(64, 512, generator=g) + 0.1, 4).usable
 
 
+def test_matched_order_pairs_rows_that_share_their_active_units():
+    """Rows built as 20 twins (each row's twin differs in 5 % of the units), shuffled: the
+    order is a permutation that puts every row next to its twin, and paired rows then do
+    about half of rows one by one."""
+    g = torch.Generator().manual_seed(1)
+    base = (torch.rand(20, 300, generator=g) < 0.5).to(torch.float64)
+    flip = (torch.rand(20, 300, generator=g) < 0.05).to(torch.float64)
+    rows = torch.cat([base, (base - flip).abs()])  # row i + 20 is the twin of row i
+    shuffle = torch.randperm(40, generator=g)
+    slopes, twin_of = rows[shuffle], (shuffle + 20) % 40
+    order = sparse_rows.matched_order(slopes)
+    assert sorted(order.tolist()) == list(range(40))
+    pairs = order.view(20, 2)
+    assert all(twin_of[a] == shuffle[b] for a, b in pairs.tolist())
+    before, after = sparse_rows.SparseRows(slopes, 2), sparse_rows.SparseRows(slopes[order], 2)
+    assert after.paired and after.share < 0.3 < before.share
+
+
 @pytest.mark.parametrize("ties", ["keep", "rotate"])
 def test_paired_rows_end_to_end_equal_rows_one_by_one(monkeypatch, ties):
     """The ReLU MLP of the zoo with every elementwise section skipping inactive units: paired
