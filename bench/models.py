@@ -201,9 +201,10 @@ def stage_flops(
             edges["elementwise"] += 2.0 * n * p + 3.0 * p * (kn + k)  # s_u s_v; P_u P_v, Q_u Q_v T
         elif kind == "elementwise":  # elementwise.row_edges, every batch (d' < SPARSE_MIN_WIDTH):
             # features (2·N·d·k), slopes read off the target (as filed: W a + b again,
-            # 2·N·d·d'), Q = W C⁺ᵀ per batch, Γ GEMM
+            # 2·N·d·d'), Q = W C⁺ᵀ once per pass (as filed: per batch), Γ GEMM
             edges["matmul"] += 2.0 * n * d * k + (2.0 * n * d * dn if as_filed else 0.0)
-            edges["matmul"] += math.ceil(n / batch_size) * 2.0 * dn * d * k
+            factors = math.ceil(n / batch_size) if as_filed else 1
+            edges["matmul"] += factors * 2.0 * dn * d * k
             edges["matmul"] += 2.0 * n * kn * dn * k
             # Q or P scaled per row (the smaller), then (Γ ⊙ f̂)², Σ (as filed: P ∘ s; Γ², ∘f², Σ)
             scaled = 2.0 * dn * k if dn * k <= kn * (dn + k) else kn * dn + kn * k

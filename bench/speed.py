@@ -9,7 +9,9 @@ does), so that both rows run in the same process on the same machine state:
    inputs. ``before``: the dense row kernel from before issue 16 (``elementwise.SPARSE_MIN_WIDTH =
    10**9``, ``P`` scaled per row, no pair form); ``library``: today's default (the pair form
    where it takes fewer FLOPs, else each row's inactive ReLUs skipped from width
-   ``SPARSE_MIN_WIDTH``, and the smaller factor scaled); ``float32``: ``precision="float32"``;
+   ``SPARSE_MIN_WIDTH``, similar rows paired to share their common units
+   (``modgraph.sparse_rows``), and the smaller factor scaled); ``float32``:
+   ``precision="float32"``;
    ``row form only (exp.)``: the library without the pair form. The "of f64 matmul" column
    divides the FLOPs of the *dense* Γ GEMM, ``Σ_elementwise 2·N·k'·d'·k``, by the seconds of the
    whole ``interaction_graph`` call (bases given) and by the float64 GEMM rate measured around
