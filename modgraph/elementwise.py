@@ -47,8 +47,6 @@ CACHE_ELEMENTS = 2**20
 SPARSE_MIN_WIDTH = 512
 #: ... and the fewest target features (measured: a section into 10 features was 6× slower).
 SPARSE_MIN_TARGETS = 64
-#: Chunks of at most this many rows add their squares row by row (:func:`_add_squares`).
-FUSED_ROWS = 4
 #: With ``precision="float32"``, the squares of at most this many rows are summed in float32
 #: before they join the float64 total (one conversion per chunk had been 15 % of the time).
 FLOAT32_ROWS = 16
@@ -159,12 +157,10 @@ def row_edges(
         if ties is not None:  # (k', 1, b, 1, k) against (b, 1, k)
             ties.add(section.key, scaled.permute(1, 0, 2)[:, None, :, None, :], fc[:, None, :])
             scaled *= fc[:, None, :]
+        scaled.square_()
+        partial += scaled.sum(0)
         if squares is not None:
-            scaled.square_()
-            partial += scaled.sum(0)
             squares += scaled.square().sum(0)
-        else:
-            _add_squares(partial, scaled)
         since += s.shape[0]
         if partial is not total and since >= FLOAT32_ROWS:
             total += partial
@@ -173,17 +169,6 @@ def row_edges(
     if partial is not total:
         total += partial
     return total
-
-
-def _add_squares(total: torch.Tensor, scaled: torch.Tensor) -> None:
-    """``total += Σ_b scaled_b²`` for ``scaled`` (b, k', k): row by row where the chunk holds
-    few rows (one fused pass each, no temporary: 1.3× on the paired rows at 512³, one thread),
-    else squared in place and summed."""
-    if scaled.shape[0] <= FUSED_ROWS:
-        for row in scaled:
-            total.addcmul_(row, row)
-    else:
-        total += scaled.square_().sum(0)
 
 
 def factors(

@@ -26,6 +26,7 @@ import math
 import torch
 
 __all__ = [
+    "MATCH_BLOCK",
     "MATCH_ROUNDS",
     "PAIRED_ROWS_MAX_COST",
     "SPARSE_MAX_SHARE",
@@ -41,8 +42,10 @@ SPARSE_MAX_SHARE = 0.75
 #: Rows are paired only where that takes at most this part of the products of rows one by
 #: one (the shared product costs a copy of ``Γ`` per row).
 PAIRED_ROWS_MAX_COST = 0.9
-#: Rounds of mutual best matches that pair similar rows (:func:`matched_order`).
+#: Rounds of mutual best matches that pair similar rows (:func:`matched_order`) ...
 MATCH_ROUNDS = 8
+#: ... within blocks of this many rows (their overlap counts, 1 MB in float32).
+MATCH_BLOCK = 512
 
 
 class Workspace:
@@ -83,12 +86,10 @@ class Workspace:
         return left.view(b, w, self.k_next).transpose(1, 2), right
 
 
-def _listed(slopes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each row's units with a nonzero slope first, (n, d): their indices, their slopes, and
-    how many there are per row (n,)."""
-    mask = slopes != 0
-    order = torch.sort(mask.to(torch.int8), dim=1, descending=True, stable=True)[1]
-    return order, torch.gather(slopes, 1, order), mask.sum(1)
+def _listed(slopes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's units with a nonzero slope first, (n, d): their indices and their slopes."""
+    order = torch.sort((slopes != 0).to(torch.int8), dim=1, descending=True, stable=True)[1]
+    return order, torch.gather(slopes, 1, order)
 
 
 def _widest(counts: torch.Tensor, per_chunk: int) -> list[int]:
@@ -101,11 +102,20 @@ def _widest(counts: torch.Tensor, per_chunk: int) -> list[int]:
 
 def matched_order(slopes: torch.Tensor, rounds: int = MATCH_ROUNDS) -> torch.Tensor:
     """An order of the rows of ``slopes`` (B, d') in which consecutive pairs share many
-    active units: rounds of mutual best matches by the count of units active in both rows,
-    the rows left unmatched last, (B,). The sums over rows do not depend on the order."""
+    active units, (B,): within each block of :data:`MATCH_BLOCK` rows, rounds of mutual best
+    matches by the count of units active in both rows, the rows left unmatched last. The sums
+    over rows do not depend on the order."""
+    blocks = [
+        start + _matched(slopes[start : start + MATCH_BLOCK], rounds)
+        for start in range(0, slopes.shape[0], MATCH_BLOCK)
+    ]
+    return torch.cat(blocks) if blocks else torch.zeros(0, dtype=torch.long, device=slopes.device)
+
+
+def _matched(slopes: torch.Tensor, rounds: int) -> torch.Tensor:
     n = slopes.shape[0]
     active = (slopes != 0).to(torch.float32)
-    overlap = active @ active.T  # (B, B): units active in both rows, exact up to 2²⁴
+    overlap = active @ active.T  # (n, n): units active in both rows, exact up to 2²⁴
     overlap.fill_diagonal_(-1.0)
     index = torch.arange(n, device=slopes.device)
     free = torch.ones(n, dtype=torch.bool, device=slopes.device)
@@ -117,7 +127,8 @@ def matched_order(slopes: torch.Tensor, rounds: int = MATCH_ROUNDS) -> torch.Ten
             break
         first, second = index[mutual], best[mutual]
         matched.append(torch.stack([first, second], 1).reshape(-1))
-        free[first] = free[second] = False
+        free[first] = False
+        free[second] = False
     return torch.cat([*matched, index[free]])
 
 
@@ -167,11 +178,11 @@ class SparseRows:
         self.usable = min(one_by_one, two_by_two) <= SPARSE_MAX_SHARE * d * n
         if self.paired:
             done = int(shared_count.sum() + rest_count.sum())
-            self._shared = _listed(shared)[:2]
-            self._rest = _listed(rest)[:2]
+            self._shared = _listed(shared)
+            self._rest = _listed(rest)
         else:
             done = int(active.sum())
-            self._rest = _listed(slopes)[:2]
+            self._rest = _listed(slopes)
         self.share = done / max(1, n_rows * d)
 
     def gamma(self, space: Workspace, chunk: int, f: torch.Tensor) -> torch.Tensor:

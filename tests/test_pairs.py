@@ -200,6 +200,21 @@ def test_matched_order_pairs_rows_that_share_their_active_units():
     assert after.paired and after.share < 0.3 < before.share
 
 
+def test_matched_order_works_block_by_block(monkeypatch):
+    """Large batches are matched within blocks of rows (their overlap counts stay small):
+    still a permutation, every pair inside one block."""
+    monkeypatch.setattr(sparse_rows, "MATCH_BLOCK", 8)
+    g = torch.Generator().manual_seed(2)
+    slopes = (torch.rand(21, 30, generator=g) < 0.5).to(torch.float64)
+    order = sparse_rows.matched_order(slopes)
+    assert sorted(order.tolist()) == list(range(21))
+    assert [sorted(order[i : i + 8].tolist()) for i in (0, 8)] == [
+        list(range(0, 8)),
+        list(range(8, 16)),
+    ]
+    assert sparse_rows.matched_order(slopes[:0]).shape == (0,)
+
+
 @pytest.mark.parametrize("ties", ["keep", "rotate"])
 def test_paired_rows_end_to_end_equal_rows_one_by_one(monkeypatch, ties):
     """The ReLU MLP of the zoo with every elementwise section skipping inactive units: paired
