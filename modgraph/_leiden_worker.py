@@ -5,9 +5,11 @@ The worker processes of :mod:`modgraph.cluster` run this file as a script (``pyt
 torch, and never the caller's ``__main__`` (which multiprocessing's ``spawn`` and ``forkserver``
 re-run in every worker, and which ``fork`` would copy with torch's threads). The protocol, over
 the worker's stdin and stdout, in NumPy ``.npy`` arrays (read with ``allow_pickle=False``: nothing
-is unpickled): the graph once (``n``, ``src``, ``dst``, ``cost``), then tasks, each
-``[resolution]`` and ``[seed, n_iterations]``, each answered by ``membership`` and
-``[seconds]``; end of input ends the worker.
+is unpickled), each framed by its length in bytes (8, little-endian: ``np.load`` reads whole
+records from a buffer, since NumPy 2.4 seeks back in the stream it reads, which a pipe cannot):
+the graph once (``n``, ``src``, ``dst``, ``cost``), then tasks, each ``[resolution]`` and
+``[seed, n_iterations]``, each answered by ``membership`` and ``[seconds]``; end of input ends
+the worker.
 """
 
 from __future__ import annotations
@@ -127,11 +129,14 @@ def restart(g: Any, resolution: float, seed: int, n_iterations: int) -> tuple[np
 
 
 def _arrays(*arrays: np.ndarray) -> bytes:
-    """Arrays as consecutive ``.npy`` records."""
-    buffer = io.BytesIO()
+    """Arrays as consecutive ``.npy`` records, each after its length (8 bytes, little-endian)."""
+    frames = []
     for a in arrays:
+        buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(a), allow_pickle=False)
-    return buffer.getvalue()
+        record = buffer.getvalue()
+        frames += [len(record).to_bytes(8, "little"), record]
+    return b"".join(frames)
 
 
 def _task(resolution: float, seed: int, n_iterations: int) -> bytes:
@@ -141,8 +146,21 @@ def _task(resolution: float, seed: int, n_iterations: int) -> bytes:
 
 
 def _read(stream: BinaryIO) -> np.ndarray:
-    """The next ``.npy`` record of ``stream``; EOFError at its end."""
-    return np.load(stream, allow_pickle=False)
+    """The next framed ``.npy`` record of ``stream``; EOFError at its end."""
+    size = int.from_bytes(_exactly(stream, 8), "little")
+    return np.load(io.BytesIO(_exactly(stream, size)), allow_pickle=False)
+
+
+def _exactly(stream: BinaryIO, n: int) -> bytes:
+    """``n`` bytes of ``stream`` (a pipe may return fewer per read); EOFError before them."""
+    chunks, left = [], n
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
+            raise EOFError("the stream ended inside a record" if left < n else "end of stream")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def serve(inp: BinaryIO, out: BinaryIO) -> None:
