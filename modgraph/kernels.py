@@ -354,7 +354,7 @@ def compute_edges(
     squares: dict[tuple[str, str], torch.Tensor] = {}
     rows: dict[tuple[str, str], int] = {}
     pairs: dict[tuple[str, str], PairSums | None] = {}
-    pq: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}  # factors, kept
+    pq: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}  # P, Q once a pass
     seen = 0
     products = torch.float64 if precision == "float64" else torch.float32
     # the sources, and at α = 1 the targets too (their slopes are read off them)
@@ -378,6 +378,7 @@ def compute_edges(
                         allowed = ties is None and subsample is None
                         n = bases[s.source].n_samples
                         pairs[s.key] = pair_form(slope, dst.k, src.k, n, products, allowed)
+                        pq[s.key] = factors(s, src, dst)
                     acc = pairs[s.key]
                     if acc is not None:
                         acc.add(slope, f)
@@ -385,14 +386,12 @@ def compute_edges(
                     sq = None
                     if subsample is not None:
                         sq = squares.setdefault(s.key, src.C.new_zeros((dst.C.shape[1], src.k)))
-                    if s.key not in pq:
-                        pq[s.key] = factors(s, src, dst)
                     part = row_edges(s, slope, f, src, dst, ties, products, sq, pq[s.key])
                     sums[s.key] = sums[s.key] + part if s.key in sums else part
         for s in shared:  # contracted here, so that processes reduce sums of E alike
             acc = pairs.get(s.key)
             if acc is not None:
-                sums[s.key] = acc.edges(*factors(s, tensors[s.source], tensors[s.target]))
+                sums[s.key] = acc.edges(*pq[s.key])
     gen = None
     if n_sources is not None:
         gen = torch.Generator(device=sess.device)

@@ -9,8 +9,8 @@ C_l⁺ᵀ``, (d', k); ``s`` the slopes σ̄', (d',)), so its summed squared attr
 ``T`` is symmetric in ``(u, v)``: its ``d'(d'+1)/2`` upper-triangle entries per source feature
 are summed over the data by one matrix product per block of pairs, ``(k, rows) @ (rows,
 pairs)``, and contracted with ``P`` and ``Q`` once at the end. Per row that is ``k·d'(d'+1)``
-FLOPs in large GEMMs, against ``2·k'·d'·k`` in the row form (:func:`~modgraph.kernels.
-elementwise_edges`: one small product per row and an elementwise epilogue); the contraction
+FLOPs in large GEMMs, against ``2·k'·d'·k`` in the row form (:func:`~modgraph.elementwise.
+row_edges`: one small product per row and an elementwise epilogue); the contraction
 adds ``k'·k·d'(d'+1)`` once. It holds ``k·d'(d'+1)/2`` float64 sums, so
 :func:`pair_form_pays` takes it only where those fit :data:`PAIR_MAX_ELEMENTS` and the FLOPs
 favour it (narrow layers that keep most features: the MNIST MLP's first section, 3.2× in a
